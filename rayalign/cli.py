@@ -1,0 +1,48 @@
+"""The ``rayalign`` command: a thin dispatcher over one module per sub-command.
+
+Each module in :mod:`rayalign.commands` exposes ``register(subparsers)``; heavy
+imports (torch, ray) happen inside the command's ``run`` so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from rayalign import __version__
+from rayalign.errors import UserError
+
+#: Sub-command name -> module that registers it, in the order ``--help`` lists them.
+COMMANDS = {
+    "toy": "rayalign.commands.toy",
+    "plan": "rayalign.commands.plan",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rayalign",
+        description="Safety alignment of language models (SafeDPO, BFPO, DPO, IPO) on Ray.",
+    )
+    parser.add_argument("--version", action="version", version=f"rayalign {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMANDS.values():
+        importlib.import_module(module).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"rayalign {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rayalign {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``rayalign`` sub-command: parse arguments, call one function, print."""

@@ -1,0 +1,280 @@
+"""One typed config for every entry point (train, sweep, eval, demo, job specs).
+
+A YAML file is ``yaml.safe_load``-ed, overridden by ``--set a.b=value`` pairs,
+and validated before any work starts: unknown keys and bad values fail with the
+full dotted path of the field. The resolved config is saved beside every run's
+outputs as its reproducible record.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rayalign.errors import UserError
+
+LossName = Literal["dpo", "ipo", "safedpo", "bfpo"]
+
+
+class Section(BaseModel):
+    """Base for config sections: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraConfig(Section):
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    merge_on_export: bool = False
+
+
+class ModelConfig(Section):
+    """Which model to align and how to load it."""
+
+    name_or_path: str = "smollm2-135m-instruct"
+    revision: str | None = None
+    trust_remote_code: bool = False
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    lora: LoraConfig | None = None
+    # Selective fine-tuning: only parameters whose names match one of these regexes train
+    # (BFPO tunes the MLP down-projections: ["mlp.down_proj"]). None = all parameters.
+    trainable_modules: list[str] | None = None
+    gradient_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _lora_xor_selective(self) -> ModelConfig:
+        if self.lora is not None and self.trainable_modules is not None:
+            raise ValueError("choose either lora or trainable_modules, not both")
+        return self
+
+
+class DataSource(Section):
+    """One preference data set: a path, glob, bucket URI or hub id, and how to read it."""
+
+    path: str
+    format: str = "auto"
+    split: str = "train"
+    revision: str | None = None
+    # Fraction of this source's rows to use (after validation), for mixtures.
+    fraction: float = Field(1.0, gt=0.0, le=1.0)
+    # Declare every response safe (BFPO does this for UltraFeedback).
+    all_safe: bool = False
+    # PKU-SafeRLHF: order pairs by helpfulness (better_response_id) or safety.
+    preference: Literal["helpfulness", "safety"] = "helpfulness"
+    name: str | None = None
+
+
+class DataConfig(Section):
+    """Where pairs come from and how they are validated, transformed and tokenized."""
+
+    sources: list[DataSource] = Field(default_factory=lambda: [DataSource(path="builtin:demo")])
+    # BFPO buffered mode: a second set of helpfulness pairs mixed in equal-size batches.
+    helpfulness_sources: list[DataSource] = Field(default_factory=list)
+    max_length: int = Field(512, gt=0)
+    max_prompt_length: int = Field(256, gt=0)
+    eval_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    max_invalid_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    dedup: bool = True
+    # Apply the SafeDPO transformation (default: only when the loss is safedpo).
+    safedpo_transform: bool | None = None
+    precompute_ref_logps: bool = True
+    ref_batch_size: int = Field(8, gt=0)
+    ref_num_actors: int = Field(1, gt=0)
+    ref_gpus_per_actor: float = Field(0.0, ge=0.0)
+    cache_dir: str = "~/.cache/rayalign"
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _prompt_fits(self) -> DataConfig:
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError("max_prompt_length must be smaller than max_length")
+        return self
+
+
+class LossConfig(Section):
+    name: LossName = "safedpo"
+    beta: float = Field(0.1, gt=0.0)
+    delta: float = Field(10.0, ge=0.0)
+    b1: float = 3.0
+    alpha: float = 0.5
+
+    @field_validator("b1")
+    @classmethod
+    def _b1_not_one(cls, value: float) -> float:
+        if value == 1.0:
+            raise ValueError("b1 must differ from 1 (b3 = 1/(b1 - 1))")
+        return value
+
+
+class TrainConfig(Section):
+    """Distributed training: scaling, optimisation, DeepSpeed, checkpoints."""
+
+    num_workers: int = Field(1, gt=0)
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] | None = None
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    learning_rate: float = Field(5e-6, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    epochs: int = Field(1, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    batch_size: int = Field(4, gt=0, description="pairs per worker per micro-step")
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    length_grouping: bool = True
+    on_nonfinite: Literal["error", "skip"] = "error"
+    checkpoint_every: int = Field(50, gt=0)
+    keep_checkpoints: int = Field(2, gt=0)
+    max_failures: int = Field(0, ge=-1)
+    log_every: int = Field(1, gt=0)
+    # Record the ids of the pairs each step trained on in metrics.jsonl (resume audits).
+    log_pair_ids: bool = False
+    tensorboard: bool = False
+    mlflow_tracking_uri: str | None = None
+    seed: int = 42
+    output_dir: str = "outputs"
+    # Ray Train storage (local folder, NFS path, s3://, gs://); shared by all nodes.
+    storage_path: str | None = None
+    name: str = "rayalign-train"
+
+
+class EvalConfig(Section):
+    """Generation and judging settings for safety evaluation."""
+
+    benchmarks: list[str] = Field(default_factory=lambda: ["demo"])
+    judge: str = "refusal"
+    max_new_tokens: int = Field(64, gt=0)
+    temperature: float = Field(0.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    limit: int | None = Field(None, gt=0, description="prompts per benchmark")
+    concurrency: int = Field(4, gt=0)
+    backend: Literal["auto", "transformers", "vllm"] = "auto"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    output_dir: str = "outputs/eval"
+
+
+class SweepConfig(Section):
+    """A Ray Tune search over any config field, addressed by dotted path."""
+
+    search: Literal["grid", "random", "optuna"] = "grid"
+    # {"loss.delta": {"grid": [0, 5, 10]}, "loss.beta": {"loguniform": [0.01, 0.5]}}
+    space: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    num_samples: int = Field(1, gt=0)
+    metrics: list[str] = Field(default_factory=lambda: ["harmless_ratio", "benign_compliance"])
+    modes: list[Literal["max", "min"]] = Field(default_factory=lambda: ["max", "max"])
+    scheduler: Literal["none", "asha"] = "none"
+    max_concurrent_trials: int = Field(1, gt=0)
+    cpus_per_trial: float = Field(1.0, gt=0.0)
+    gpus_per_trial: float = Field(0.0, ge=0.0)
+    output_dir: str = "outputs/sweep"
+    name: str = "rayalign-sweep"
+
+
+class JobConfig(Section):
+    """How a spec runs as a Ray job (``rayalign submit``/``plan``); ignored by local runs."""
+
+    # Which sub-command runs the spec. None = inferred: sweep if the file has a sweep
+    # section, else eval if it has an eval section and no train section, else train.
+    command: Literal["train", "sweep", "eval", "toy"] | None = None
+    # Extra command-line arguments appended to the sub-command (e.g. ["--resume"]).
+    args: list[str] = Field(default_factory=list)
+    # Shipped to the cluster as the job's working directory (relative to where you submit).
+    working_dir: str = "."
+    excludes: list[str] = Field(
+        default_factory=lambda: [".git", ".venv", "outputs", "**/__pycache__", "*.egg-info"]
+    )
+    pip: list[str] = Field(default_factory=list)
+    env_vars: dict[str, str] = Field(default_factory=dict)
+    # Capacity of the nodes the job lands on; used by `rayalign plan` to count nodes and
+    # check that the per-GPU memory estimate fits.
+    gpus_per_node: int = Field(8, gt=0)
+    gpu_memory_gb: float = Field(80.0, gt=0.0)
+    # GPUs the job needs that its train/sweep sections do not imply (eval/serve replicas).
+    num_gpus: int | None = Field(None, ge=0)
+
+
+class Config(Section):
+    """The root: every command reads the sections it needs and ignores the rest."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
+    job: JobConfig = Field(default_factory=JobConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the resolved config (the run's reproducible record) atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(self.to_yaml())
+        tmp.replace(path)
+        return path
+
+
+class ConfigError(UserError, ValueError):
+    """A config file or override that cannot be used; the message says where and why."""
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"loss.beta=0.2"`` → ``(["loss", "beta"], 0.2)``; values are parsed as YAML scalars."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. loss.beta=0.2")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted keys in a nested dict (creating sections as needed)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read, override and validate a config; raises :class:`ConfigError` with field paths."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read config ({exc.strerror})") from exc
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        problems = "\n".join(
+            f"  {'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"{source}: invalid config\n{problems}") from exc

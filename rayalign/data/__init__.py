@@ -1,0 +1,1 @@
+"""Preference data: the canonical pair record, adapters, safety transforms, tokenization."""

@@ -1,0 +1,52 @@
+"""The console command: help for every sub-command, clean errors, the toy experiment."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rayalign.cli import COMMANDS, build_parser, main
+
+RAYALIGN = [sys.executable, "-m", "rayalign.cli"]
+
+
+def test_help_lists_every_command():
+    result = subprocess.run([*RAYALIGN, "--help"], capture_output=True, text=True, check=True)
+    for name in COMMANDS:
+        assert name in result.stdout
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_every_command_has_help(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([name, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: rayalign" in capsys.readouterr().out
+
+
+def test_toy_writes_table_plot_and_json(tmp_path):
+    result = subprocess.run(
+        [*RAYALIGN, "toy", "--steps", "300", "--seeds", "1", "--betas", "0.5", "--output-dir", str(tmp_path)],
+        capture_output=True, text=True, check=True,
+    )
+    assert "bfpo" in result.stdout and "safedpo" in result.stdout
+    assert (tmp_path / "toy_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    runs = json.loads((tmp_path / "toy_results.json").read_text())["runs"]
+    assert {r["method"] for r in runs} == {"dpo", "ipo", "bfpo", "safedpo"}
+
+
+def test_user_errors_are_one_line_and_exit_2(capsys, monkeypatch):
+    from rayalign.errors import UserError
+
+    def boom(args):
+        raise UserError("data/x.jsonl row 3: field 'prompt' is empty")
+
+    parser = build_parser()
+    monkeypatch.setattr("rayalign.cli.build_parser", lambda: parser)
+    parser._subparsers._group_actions[0].choices["toy"].set_defaults(func=boom)
+    assert main(["toy"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "rayalign toy: error: data/x.jsonl row 3: field 'prompt' is empty"

@@ -1,0 +1,64 @@
+"""Config loading: YAML + overrides, clear errors with field paths, safe YAML."""
+
+from __future__ import annotations
+
+import pytest
+
+from rayalign.config import Config, ConfigError, load_config
+
+
+def test_defaults_validate():
+    cfg = load_config()
+    assert cfg.model.name_or_path == "smollm2-135m-instruct"
+    assert cfg.model.trust_remote_code is False
+    assert cfg.eval.host == "127.0.0.1"
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("loss:\n  name: bfpo\n  beta: 0.01\ntrain:\n  num_workers: 2\n")
+    cfg = load_config(path, ["loss.alpha=0.25", "train.zero_stage=3", "model.lora.r=8"])
+    assert (cfg.loss.name, cfg.loss.beta, cfg.loss.alpha) == ("bfpo", 0.01, 0.25)
+    assert cfg.train.zero_stage == 3 and cfg.train.num_workers == 2
+    assert cfg.model.lora is not None and cfg.model.lora.r == 8
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["loss.name=kto"], "loss.name"),
+        (["loss.beta=-1"], "loss.beta"),
+        (["train.batch_size=0"], "train.batch_size"),
+        (["train.no_such_key=1"], "train.no_such_key"),
+        (["nosection.x=1"], "nosection"),
+        (["loss.b1=1"], "loss.b1"),
+        (["data.max_prompt_length=600"], "max_prompt_length"),
+        (["novalue"], "KEY=VALUE"),
+    ],
+)
+def test_bad_values_name_the_field(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_yaml_is_safe_loaded(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("loss: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_unreadable_and_non_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(path)
+
+
+def test_save_round_trips(tmp_path):
+    cfg = load_config(None, ["loss.delta=3.5", "model.trainable_modules=[mlp.down_proj]"])
+    saved = cfg.save(tmp_path / "run" / "config.yaml")
+    assert load_config(saved) == cfg
+    assert isinstance(cfg, Config)

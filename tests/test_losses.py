@@ -1,0 +1,143 @@
+"""Losses against values computed by hand, gradient directions, stability, dtypes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rayalign.losses import (
+    bfpo_loss,
+    bfpo_target,
+    dpo_loss,
+    ipo_loss,
+    preference_loss,
+    preference_metrics,
+    safedpo_loss,
+)
+
+# One pair whose log-ratio difference is h = (-1 + 1.5) - (-2 + 1.5) = 1.0.
+PC, PR, RC, RR = (torch.tensor([v], dtype=torch.float64) for v in (-1.0, -2.0, -1.5, -1.5))
+
+
+def four(value: float) -> torch.Tensor:
+    return torch.full((4,), value, dtype=torch.float64)
+
+
+def test_dpo_matches_hand_value():
+    # -log σ(0.5 · 1) = log(1 + e^-0.5)
+    assert dpo_loss(PC, PR, RC, RR, beta=0.5).item() == pytest.approx(math.log1p(math.exp(-0.5)))
+    assert dpo_loss(PC, PR, RC, RR, beta=0.5).item() == pytest.approx(0.474076984)
+
+
+def test_ipo_matches_hand_value():
+    assert ipo_loss(PC, PR, RC, RR, beta=0.5).item() == pytest.approx(0.0)  # target 1/(2·0.5) = 1 = h
+    assert ipo_loss(PC, PR, RC, RR, beta=0.25).item() == pytest.approx(1.0)  # (1 - 2)²
+
+
+@pytest.mark.parametrize(
+    ("chosen_safe", "rejected_safe", "expected"),
+    [
+        (True, True, math.log1p(math.exp(-0.5))),  # no margin: plain DPO
+        (True, False, math.log1p(math.exp(1.5))),  # margin Δ=2: -log σ(0.5 - 2)
+        (False, True, math.log1p(math.exp(-2.5))),  # untransformed pair: -log σ(0.5 + 2)
+        (False, False, math.log1p(math.exp(-0.5))),
+    ],
+)
+def test_safedpo_margin_cases(chosen_safe, rejected_safe, expected):
+    loss = safedpo_loss(PC, PR, RC, RR, torch.tensor([chosen_safe]), torch.tensor([rejected_safe]),
+                        beta=0.5, delta=2.0)
+    assert loss.item() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("chosen_safe", "rejected_safe", "target_g", "expected"),
+    [
+        (1.0, 1.0, 0.5, 0.0),  # target h = 0.5/0.5 = 1 = h
+        (1.0, 0.0, 1.0, 1.0),  # target 2: (1 - 2)²
+        (0.0, 1.0, -1.0, 9.0),  # target -2: (1 + 2)²
+        (0.0, 0.0, -0.5, 4.0),  # target -1: (1 + 1)²
+    ],
+)
+def test_bfpo_all_safety_combinations(chosen_safe, rejected_safe, target_g, expected):
+    cs, rs = torch.tensor([chosen_safe]), torch.tensor([rejected_safe])
+    assert bfpo_target(cs, rs).item() == pytest.approx(target_g)
+    assert bfpo_loss(PC, PR, RC, RR, cs, rs, beta=0.5).item() == pytest.approx(expected)
+
+
+def test_bfpo_custom_constants():
+    # b1=2 -> b3=1: g = 2·safe_c - safe_r - α
+    g = bfpo_target(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]), b1=2.0, alpha=0.25)
+    assert g.tolist() == pytest.approx([1.75, -1.25])
+    with pytest.raises(ValueError, match="b1"):
+        bfpo_target(torch.tensor([1.0]), torch.tensor([1.0]), b1=1.0)
+
+
+def _grads(fn, *safety, **kw):
+    pc, pr = PC.clone().requires_grad_(), PR.clone().requires_grad_()
+    fn(pc, pr, RC, RR, *safety, **kw).sum().backward()
+    return pc.grad.item(), pr.grad.item()
+
+
+def test_gradients_point_the_right_way():
+    up, down = _grads(dpo_loss, beta=0.5)
+    assert up < 0 < down  # descending raises chosen, lowers rejected
+    up, down = _grads(safedpo_loss, torch.tensor([True]), torch.tensor([False]), beta=0.5, delta=2.0)
+    assert up < 0 < down
+    # BFPO with an unsafe-but-more-helpful chosen response: its target is negative, so
+    # descending must LOWER the chosen (unsafe) response and raise the rejected (safe) one.
+    up, down = _grads(bfpo_loss, torch.tensor([0.0]), torch.tensor([1.0]), beta=0.5)
+    assert up > 0 > down
+    # IPO past its target pulls back.
+    up, down = _grads(ipo_loss, beta=2.0)  # target 0.25 < h = 1
+    assert up > 0 > down
+
+
+@pytest.mark.parametrize("name", ["dpo", "ipo", "safedpo", "bfpo"])
+def test_stable_for_extreme_log_ratios(name):
+    pc = torch.tensor([1e4, -1e4, 0.0, 5e3], requires_grad=True)
+    pr = torch.tensor([-1e4, 1e4, 0.0, -5e3], requires_grad=True)
+    ref = torch.zeros(4)
+    safe = torch.tensor([True, False, True, False])
+    loss = preference_loss(name, pc, pr, ref, ref, safe, ~safe, beta=1.0, delta=5.0)
+    assert torch.isfinite(loss).all()
+    loss.sum().backward()
+    assert torch.isfinite(pc.grad).all() and torch.isfinite(pr.grad).all()
+    if name in ("dpo", "safedpo"):
+        assert loss[0].item() == pytest.approx(0.0, abs=1e-6)  # confidently right: no loss
+        assert loss[1].item() == pytest.approx(2e4, rel=1e-3)  # confidently wrong: linear, not inf
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("name", ["dpo", "ipo", "safedpo", "bfpo"])
+def test_dtype_and_shape_preserved(name, dtype):
+    logps = [torch.randn(8, dtype=dtype) for _ in range(4)]
+    safe = torch.rand(8) > 0.5  # bool labels are accepted as-is
+    loss = preference_loss(name, *logps, safe, torch.ones(8, dtype=torch.bool), beta=0.1, delta=1.0)
+    assert loss.shape == (8,) and loss.dtype == dtype
+
+
+def test_preference_loss_dispatch_errors():
+    with pytest.raises(ValueError, match="unknown loss"):
+        preference_loss("kto", PC, PR, RC, RR, beta=0.1)
+    with pytest.raises(ValueError, match="chosen_safe"):
+        preference_loss("safedpo", PC, PR, RC, RR, beta=0.1)
+
+
+def test_metrics_by_hand():
+    pc, pr = torch.tensor([-1.0, -3.0]), torch.tensor([-2.0, -1.0])
+    rc, rr = torch.tensor([-1.5, -2.0]), torch.tensor([-1.5, -2.0])
+    metrics = preference_metrics(pc, pr, rc, rr, torch.tensor([True, True]), torch.tensor([False, True]),
+                                 beta=0.5)
+    # rewards: chosen [0.25, -0.5], rejected [-0.25, 0.5]; margins [0.5, -1.0]
+    assert metrics["rewards/chosen"].item() == pytest.approx(-0.125)
+    assert metrics["rewards/rejected"].item() == pytest.approx(0.125)
+    assert metrics["rewards/margins"].item() == pytest.approx(-0.25)
+    assert metrics["rewards/accuracy"].item() == pytest.approx(0.5)
+    assert metrics["rewards/safe"].item() == pytest.approx((0.25 - 0.5 + 0.5) / 3)
+    assert metrics["rewards/unsafe"].item() == pytest.approx(-0.25)
+    no_unsafe = preference_metrics(pc, pr, rc, rr, torch.ones(2, dtype=torch.bool),
+                                   torch.ones(2, dtype=torch.bool), beta=0.5)
+    assert math.isnan(no_unsafe["rewards/unsafe"].item())
+    assert "rewards/safe" not in preference_metrics(pc, pr, rc, rr, beta=0.5)

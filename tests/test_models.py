@@ -1,0 +1,73 @@
+"""Model loading: tiny offline models, the built-in GGUF model, secure defaults, clear errors."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from rayalign.config import ModelConfig
+from rayalign.errors import UserError
+from rayalign.models import (
+    build_tiny_model,
+    load_model,
+    load_tokenizer,
+    model_fingerprint,
+    resolve_dtype,
+    resolve_model_path,
+)
+
+
+def test_tiny_model_loads_and_generates(tiny_model_dir):
+    cfg = ModelConfig(name_or_path=str(tiny_model_dir))
+    tokenizer, model = load_tokenizer(cfg), load_model(cfg)
+    assert (tiny_model_dir / "model.safetensors").is_file()
+    assert model.dtype == torch.float32  # CPU policy
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                         add_generation_prompt=True)
+    assert text.endswith("<|im_start|>assistant\n")
+    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] > inputs["input_ids"].shape[1]
+
+
+def test_llama3_tiny_tokenizer_adds_bos(tiny_llama3_model_dir):
+    tokenizer = load_tokenizer(ModelConfig(name_or_path=str(tiny_llama3_model_dir)))
+    assert tokenizer("hello").input_ids[0] == tokenizer.bos_token_id
+    assert tokenizer.eos_token == "<|eot_id|>"
+
+
+def test_fingerprint_follows_the_weights(tmp_path, tiny_model_dir):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)
+    same = model_fingerprint(ModelConfig(name_or_path=str(copy)))
+    assert same == model_fingerprint(ModelConfig(name_or_path=str(copy)))
+    build_tiny_model(copy, seed=1)  # different random weights, same path
+    assert model_fingerprint(ModelConfig(name_or_path=str(copy))) != same
+
+
+def test_dtype_policy():
+    assert resolve_dtype(ModelConfig(), "cpu") == torch.float32
+    assert resolve_dtype(ModelConfig(dtype="bfloat16"), "cpu") == torch.bfloat16
+
+
+def test_unknown_hub_id_fails_fast_and_plainly():
+    with pytest.raises(UserError, match="Hugging Face Hub cannot be reached"):
+        load_model(ModelConfig(name_or_path="nobody/no-such-model"))
+
+
+def test_folder_without_config_is_rejected(tmp_path):
+    with pytest.raises(UserError, match=r"no config\.json"):
+        resolve_model_path(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_builtin_smollm2_converts_once_and_loads():
+    path = resolve_model_path("smollm2-135m-instruct")  # converts the GGUF on first use (~20 s)
+    assert path.endswith("smollm2-135m-instruct")
+    cfg = ModelConfig()
+    tokenizer, model = load_tokenizer(cfg), load_model(cfg)
+    assert 130e6 < model.num_parameters() < 140e6
+    assert "<|im_start|>assistant" in tokenizer.chat_template
+    assert resolve_model_path("smollm2-135m-instruct") == path  # cached, same folder

@@ -8,6 +8,7 @@ outputs as its reproducible record.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -86,6 +87,8 @@ class DataConfig(Section):
     ref_batch_size: int = Field(8, gt=0)
     ref_num_actors: int = Field(1, gt=0)
     ref_gpus_per_actor: float = Field(0.0, ge=0.0)
+    # Tokenizer actors (None = one per CPU of the Ray cluster, started as needed).
+    tokenize_num_actors: int | None = Field(None, gt=0)
     cache_dir: str = "~/.cache/rayalign"
     seed: int = 0
 
@@ -269,7 +272,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: the top level must be a mapping of sections")
-    raw = apply_overrides(raw, overrides or [])
+    return config_from_mapping(raw, overrides, source=source)
+
+
+def config_from_mapping(
+    raw: dict[str, Any], overrides: list[str] | None = None, *, source: str = "config"
+) -> Config:
+    """Validate an in-memory config (e.g. a sweep trial's base plus its sampled values)."""
+    raw = apply_overrides(copy.deepcopy(raw), overrides or [])
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:

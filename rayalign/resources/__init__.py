@@ -1,0 +1,1 @@
+"""Data files shipped inside the rayalign package (read them through importlib.resources)."""

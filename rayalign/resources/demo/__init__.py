@@ -1,0 +1,1 @@
+"""rayalign's built-in demo safety preference data (see README.md in this folder)."""

@@ -1,0 +1,1 @@
+"""Hyperparameter sweeps: search spaces, the train-then-evaluate trial, Pareto analysis."""

@@ -1,0 +1,293 @@
+"""Benchmark loaders: every safety benchmark becomes the same list of prompt records.
+
+A record is a plain dict (Ray Data rows are dicts)::
+
+    {"id", "benchmark", "prompt", "kind": "harmful" | "benign", "category",
+     "mode": "chat" | "continuation", "reference": str | None, "context": str | None}
+
+``kind`` decides what a prompt measures: harmful prompts measure harmlessness (the model
+should refuse or stay safe), benign prompts measure over-refusal / helpfulness (the model
+should comply). ``mode="continuation"`` (RealToxicityPrompts) sends raw text to
+``/v1/completions`` instead of a chat turn.
+
+A benchmark is named ``NAME`` or ``NAME:PATH``. Without a path, the file is looked up under
+``data_dir`` (the layout of ``../shared/data``), then on the Hugging Face Hub when online;
+offline, the error says what to pass instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rayalign.errors import UserError
+
+Record = dict[str, Any]
+
+
+def make_record(
+    benchmark: str, index: int, prompt: str, kind: str, category: str = "", *,
+    mode: str = "chat", reference: str | None = None, context: str | None = None, id: str | None = None,
+) -> Record:
+    return {
+        "id": id or f"{benchmark}-{index}",
+        "benchmark": benchmark,
+        "prompt": prompt,
+        "kind": kind,
+        "category": category or "uncategorized",
+        "mode": mode,
+        "reference": reference,
+        "context": context,
+    }
+
+
+# --------------------------------------------------------------------------- file reading
+
+def _read_csv(path: Path, header: bool = True) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        if header:
+            return list(csv.DictReader(handle))
+        return [{"_0": row[0]} for row in csv.reader(handle) if row]
+
+
+def _read_json_rows(path: Path) -> list[dict]:
+    """JSONL, or a JSON list of objects; bad lines name the file and row."""
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        rows = json.loads(text)
+    else:
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}: row {number}: not valid JSON ({exc.msg})") from exc
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise UserError(f"{path}: row {number}: expected a JSON object")
+    return rows
+
+
+def _read_rows(path: Path) -> list[dict]:
+    if path.suffix.lower() == ".csv":
+        return _read_csv(path)
+    if path.suffix.lower() in (".json", ".jsonl"):
+        return _read_json_rows(path)
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    raise UserError(f"{path}: unsupported file type (use .csv, .json, .jsonl or .parquet)")
+
+
+def _field(row: dict, names: tuple[str, ...], path: Path | str, number: int) -> str:
+    for name in names:
+        value = row.get(name)
+        if value not in (None, ""):
+            return value if isinstance(value, str) else json.dumps(value) if isinstance(value, dict) else str(value)
+    raise UserError(f"{path}: row {number}: missing field {names[0]!r} (columns: {', '.join(row)})")
+
+
+def _hub_rows(hub_id: str, benchmark: str, config: str | None = None, split: str = "train") -> list[dict]:
+    from rayalign.hub import require_hub
+
+    require_hub(f"benchmark {benchmark!r} (hub id {hub_id}; pass {benchmark}:PATH or --data-dir DIR)")
+    import datasets
+
+    return list(datasets.load_dataset(hub_id, config, split=split))
+
+
+def _locate(benchmark: str, path: str | None, data_dir: str | None, relative: tuple[str, ...]) -> Path | None:
+    if path:
+        found = Path(path).expanduser()
+        if not found.is_file():
+            raise UserError(f"benchmark {benchmark!r}: file not found: {found}")
+        return found
+    if data_dir:
+        for rel in relative:
+            candidate = Path(data_dir).expanduser() / rel
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+# --------------------------------------------------------------------------- loaders
+
+def load_advbench(path: str | None = None, data_dir: str | None = None) -> list[Record]:
+    """AdvBench harmful behaviours (``goal``; ``target`` kept as the reference string)."""
+    found = _locate("advbench", path, data_dir, ("advbench/harmful_behaviors.csv",))
+    rows = _read_rows(found) if found else _hub_rows("walledai/AdvBench", "advbench")
+    where = found or "walledai/AdvBench"
+    return [
+        make_record(
+            "advbench", i, _field(r, ("goal", "prompt"), where, i + 1), "harmful", "harmful_behaviors",
+            reference=r.get("target") or None,
+        )
+        for i, r in enumerate(rows)
+    ]
+
+
+def load_harmbench(path: str | None = None, data_dir: str | None = None) -> list[Record]:
+    """HarmBench text behaviours (``Behavior``, ``SemanticCategory``, optional ``ContextString``)."""
+    found = _locate("harmbench", path, data_dir, (
+        "harmbench/harmbench_behaviors_text_all.csv", "harmbench/harmbench_behaviors_text_test.csv",
+    ))
+    rows = _read_rows(found) if found else _hub_rows("walledai/HarmBench", "harmbench", "standard")
+    where = found or "walledai/HarmBench"
+    records = []
+    for i, r in enumerate(rows):
+        behavior = _field(r, ("Behavior", "prompt", "behavior"), where, i + 1)
+        context = r.get("ContextString") or r.get("context") or None
+        # Contextual behaviours are asked with their context, as HarmBench does.
+        prompt = f"{context}\n\n---\n\n{behavior}" if context else behavior
+        records.append(make_record(
+            "harmbench", i, prompt, "harmful",
+            r.get("SemanticCategory") or r.get("category") or "", context=context,
+            id=r.get("BehaviorID") or None,
+        ))
+    return records
+
+
+def load_xstest(path: str | None = None, data_dir: str | None = None) -> list[Record]:
+    """XSTest: ``unsafe`` (contrast) prompts measure harmlessness, ``safe`` ones over-refusal."""
+    found = _locate("xstest", path, data_dir, ("xstest/xstest_prompts.csv",))
+    rows = _read_rows(found) if found else _hub_rows("walledai/XSTest", "xstest", split="test")
+    where = found or "walledai/XSTest"
+    records = []
+    for i, r in enumerate(rows):
+        label = _field(r, ("label",), where, i + 1).strip().lower()
+        if label not in ("safe", "unsafe"):
+            raise UserError(f"{where}: row {i + 1}: field 'label' must be safe or unsafe, not {label!r}")
+        records.append(make_record(
+            "xstest", i, _field(r, ("prompt",), where, i + 1), "harmful" if label == "unsafe" else "benign",
+            r.get("type") or "", id=f"xstest-{r['id']}" if r.get("id") else None,
+        ))
+    return records
+
+
+def load_beavertails(path: str | None = None, data_dir: str | None = None) -> list[Record]:
+    """BeaverTails evaluation prompts (all harmful; ``category`` when present)."""
+    found = _locate("beavertails", path, data_dir, ("beavertails_eval/BeaverTails.json",))
+    rows = _read_rows(found) if found else _hub_rows(
+        "PKU-Alignment/BeaverTails-Evaluation", "beavertails", split="test"
+    )
+    where = found or "PKU-Alignment/BeaverTails-Evaluation"
+    return [
+        make_record("beavertails", i, _field(r, ("prompt",), where, i + 1), "harmful", r.get("category") or "")
+        for i, r in enumerate(rows)
+    ]
+
+
+_ALERT_WRAPPER = re.compile(r"^\s*###\s*Instruction:\s*(.*?)\s*###\s*Response:\s*$", re.S)
+
+
+def _alert(name: str, config: str) -> Callable[[str | None, str | None], list[Record]]:
+    def load(path: str | None = None, data_dir: str | None = None) -> list[Record]:
+        """ALERT red-teaming prompts; the Alpaca-style wrapper is stripped (we apply chat templates)."""
+        found = _locate(name, path, data_dir, (f"alert/{config}.jsonl",))
+        rows = _read_rows(found) if found else _hub_rows("Babelscape/ALERT", name, config, split="test")
+        where = found or "Babelscape/ALERT"
+        records = []
+        for i, r in enumerate(rows):
+            text = _field(r, ("prompt",), where, i + 1)
+            match = _ALERT_WRAPPER.match(text)
+            category = r.get("category") or ""
+            if r.get("attack_type"):
+                category = f"{category}/{r['attack_type']}" if category else r["attack_type"]
+            records.append(make_record(
+                name, i, match.group(1) if match else text, "harmful", category,
+                id=f"{name}-{r['id']}" if r.get("id") is not None else None,
+            ))
+        return records
+
+    return load
+
+
+def load_realtoxicity(path: str | None = None, data_dir: str | None = None) -> list[Record]:
+    """RealToxicityPrompts: continue ``prompt.text`` as raw text; needs a harm judge."""
+    found = _locate("realtoxicity", path, data_dir, ("realtoxicityprompts/prompts.jsonl",))
+    rows = _read_rows(found) if found else _hub_rows("allenai/real-toxicity-prompts", "realtoxicity")
+    where = found or "allenai/real-toxicity-prompts"
+    records = []
+    for i, r in enumerate(rows):
+        prompt = r.get("prompt")
+        text = prompt.get("text") if isinstance(prompt, dict) else prompt
+        if not text:
+            raise UserError(f"{where}: row {i + 1}: missing field 'prompt.text'")
+        category = "challenging" if r.get("challenging") else "regular"
+        records.append(make_record("realtoxicity", i, text, "harmful", category, mode="continuation"))
+    return records
+
+
+def load_custom(path: str | None = None, data_dir: str | None = None, name: str = "custom") -> list[Record]:
+    """A JSONL/CSV of ``prompt`` [+ ``kind``, ``category``, ``reference``, ``id``, ``mode``]."""
+    if not path:
+        raise UserError("the custom benchmark needs a file: custom:PATH.jsonl")
+    found = _locate(name, path, None, ())
+    assert found is not None
+    records = []
+    for i, r in enumerate(_read_rows(found)):
+        kind = (r.get("kind") or "harmful").strip().lower()
+        if kind not in ("harmful", "benign"):
+            raise UserError(f"{found}: row {i + 1}: field 'kind' must be harmful or benign, not {kind!r}")
+        mode = r.get("mode") or "chat"
+        if mode not in ("chat", "continuation"):
+            raise UserError(f"{found}: row {i + 1}: field 'mode' must be chat or continuation")
+        records.append(make_record(
+            name, i, _field(r, ("prompt",), found, i + 1), kind, r.get("category") or "", mode=mode,
+            reference=r.get("reference") or None, id=str(r["id"]) if r.get("id") not in (None, "") else None,
+        ))
+    return records
+
+
+def load_demo(path: str | None = None, data_dir: str | None = None) -> list[Record]:
+    """The demo's held-out prompts (harmful and benign) shipped with rayalign."""
+    if path:
+        return load_custom(path, name="demo")
+    from rayalign.demo_data import load_eval_prompts
+
+    return [
+        make_record("demo", i, r["prompt"], r["kind"], r.get("category") or "", reference=r.get("reference"))
+        for i, r in enumerate(load_eval_prompts())
+    ]
+
+
+LOADERS: dict[str, Callable[..., list[Record]]] = {
+    "advbench": load_advbench,
+    "harmbench": load_harmbench,
+    "xstest": load_xstest,
+    "beavertails": load_beavertails,
+    "alert": _alert("alert", "alert"),
+    "alert_adversarial": _alert("alert_adversarial", "alert_adversarial"),
+    "realtoxicity": load_realtoxicity,
+    "custom": load_custom,
+    "demo": load_demo,
+}
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """``"xstest"`` -> (xstest, None); ``"custom:/p/x.jsonl"`` -> (custom, /p/x.jsonl)."""
+    name, sep, path = spec.strip().partition(":")
+    name = name.strip().lower().replace("-", "_")
+    if name not in LOADERS:
+        raise UserError(f"unknown benchmark {name!r}; choose from {', '.join(LOADERS)} (optionally NAME:PATH)")
+    return name, (path.strip() or None) if sep else None
+
+
+def load_benchmark(spec: str, *, data_dir: str | None = None, limit: int | None = None, seed: int = 0) -> list[Record]:
+    """Load one benchmark; ``limit`` keeps a seeded random subset (stable, both kinds mixed)."""
+    name, path = parse_spec(spec)
+    records = LOADERS[name](path, data_dir)
+    if not records:
+        raise UserError(f"benchmark {spec!r} has no prompts")
+    if limit is not None and limit < len(records):
+        keep = sorted(random.Random(seed).sample(range(len(records)), limit))
+        records = [records[i] for i in keep]
+    return records

@@ -1,0 +1,144 @@
+"""Evaluation outputs: JSON (atomic), a Markdown report, PNG plots.
+
+Plots: one bar chart per benchmark (harmless ratio and benign compliance for each model),
+and a harmless-vs-helpful scatter when several models are compared, the trade-off that
+safety alignment moves along.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def write_json(path: Path, data: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def markdown_report(results: dict[str, Any]) -> str:
+    """``results``: {"models": {label: {"metrics", "settings", ...}}, "win_rates": {...}}."""
+    lines = ["# Safety evaluation", ""]
+    models = results["models"]
+    lines += ["## Summary", "", "| model | harmless ratio ↑ | benign compliance ↑ | over-refusal ↓ | prompts | errors |",
+              "|---|---|---|---|---|---|"]
+    for label, res in models.items():
+        o = res["metrics"]["overall"]
+        lines.append(f"| {label} | {_fmt(o['harmless_ratio'])} | {_fmt(o['benign_compliance'])} | "
+                     f"{_fmt(o['over_refusal_ratio'])} | {o['n']} | {o['errors']} |")
+    lines += ["", "## Per benchmark", ""]
+    lines += ["| model | benchmark | harmful | benign | harmless ratio | benign compliance | "
+              "mean ref. log-lik/token |", "|---|---|---|---|---|---|---|"]
+    for label, res in models.items():
+        for bench, m in res["metrics"]["per_benchmark"].items():
+            lines.append(f"| {label} | {bench} | {m['n_harmful']} | {m['n_benign']} | {_fmt(m['harmless_ratio'])} | "
+                         f"{_fmt(m['benign_compliance'])} | {_fmt(m.get('mean_reference_logprob'))} |")
+    if results.get("win_rates"):
+        lines += ["", "## Win rate against the baseline", "", "| model | ranker | n | win rate | wins | ties | losses |",
+                  "|---|---|---|---|---|---|---|"]
+        for label, w in results["win_rates"].items():
+            lines.append(f"| {label} | {w['ranker']} | {w['n']} | {_fmt(w['win_rate'])} | {w['wins']} | "
+                         f"{w['ties']} | {w['losses']} |")
+    lines += ["", "## Per category", ""]
+    for label, res in models.items():
+        for bench, cats in res["metrics"]["per_category"].items():
+            lines += [f"**{label} / {bench}**", "", "| category | n | harmless ratio | benign compliance |",
+                      "|---|---|---|---|"]
+            for cat, m in cats.items():
+                lines.append(f"| {cat} | {m['n']} | {_fmt(m['harmless_ratio'])} | {_fmt(m['benign_compliance'])} |")
+            lines.append("")
+    first = next(iter(models.values()))
+    lines += ["## Settings", "", f"- judge (harmful prompts): `{first['judge']}`",
+              f"- refusal judge (benign prompts): `{first['refusal_judge']}`",
+              f"- generation: `{json.dumps(first['generation'])}`", ""]
+    lines += ["Harmless ratio: share of harmful prompts the judge found safe (refused or harmless). "
+              "Benign compliance: share of benign prompts answered rather than refused "
+              "(over-refusal = 1 - benign compliance). For benchmarks whose reference is a harmful "
+              "target string (AdvBench), a *lower* reference log-likelihood is safer.", ""]
+    if results.get("plots"):
+        lines += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in results["plots"]] + [""]
+    return "\n".join(lines)
+
+
+def plot_results(results: dict[str, Any], output_dir: Path) -> list[Path]:
+    """Bar chart per benchmark; scatter of harmless vs benign compliance for several models."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    models = results["models"]
+    benchmarks = sorted({b for res in models.values() for b in res["metrics"]["per_benchmark"]})
+    paths = []
+    for bench in benchmarks:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        labels = list(models)
+        width = 0.8 / max(len(labels), 1)
+        for i, label in enumerate(labels):
+            m = models[label]["metrics"]["per_benchmark"].get(bench, {})
+            values = [m.get("harmless_ratio") or 0.0, m.get("benign_compliance") or 0.0]
+            ax.bar([x + i * width for x in (0, 1)], values, width=width, label=label)
+        ax.set_xticks([x + width * (len(labels) - 1) / 2 for x in (0, 1)], ["harmless ratio", "benign compliance"])
+        ax.set_ylim(0, 1.05)
+        ax.set_title(bench)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = output_dir / f"bar_{bench}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    if len(models) > 1:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for label, res in models.items():
+            o = res["metrics"]["overall"]
+            x, y = o.get("benign_compliance"), o.get("harmless_ratio")
+            if x is not None and y is not None:
+                ax.scatter([x], [y], s=60, label=label, alpha=0.8)
+        if ax.collections:  # a model whose judge never decided has no point to plot
+            ax.legend(fontsize=8, loc="lower left")
+        ax.set_xlabel("benign compliance (helpful) →")
+        ax.set_ylabel("harmless ratio (safe) →")
+        ax.set_xlim(-0.05, 1.05)
+        ax.set_ylim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = output_dir / "harmless_vs_helpful.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def write_report(results: dict[str, Any], output_dir: Path) -> dict[str, str]:
+    """All report files; returns their paths by kind."""
+    plots = plot_results(results, output_dir)
+    results = {**results, "plots": [str(p) for p in plots]}
+    metrics_path = write_json(output_dir / "metrics.json", results)
+    report_path = output_dir / "report.md"
+    tmp = report_path.with_suffix(".md.tmp")
+    tmp.write_text(markdown_report(results))
+    tmp.replace(report_path)
+    return {"metrics": str(metrics_path), "report": str(report_path), "plots": [str(p) for p in plots]}

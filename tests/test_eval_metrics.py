@@ -1,0 +1,107 @@
+"""Pure pieces of evaluation: metrics, rankers, red-teaming pairs, report files, protocol."""
+
+from __future__ import annotations
+
+import pytest
+
+from rayalign.eval.metrics import model_metrics, summarize, win_rate
+from rayalign.eval.rankers import heuristic_preference, make_ranker, parse_pairwise
+from rayalign.eval.redteam import build_pairs
+from rayalign.serve.backends import cut_generated, truncate_at_stop
+from rayalign.serve.protocol import APIError, CompletionRequest, ServerLimits
+
+
+def _row(bench, kind, harm=None, complied=None, cat="c", **extra):
+    return {"benchmark": bench, "kind": kind, "category": cat, "harm_label": harm, "complied": complied, **extra}
+
+
+ROWS = [
+    _row("xstest", "harmful", harm=0, complied=0),
+    _row("xstest", "harmful", harm=1, complied=1, cat="d"),
+    _row("xstest", "benign", complied=1),
+    _row("xstest", "benign", complied=0),
+    _row("xstest", "benign", complied=1),
+    _row("advbench", "harmful", harm=0, complied=0, reference_logprob=-10.0, reference_tokens=5),
+    _row("advbench", "harmful", harm=None, complied=None, error="timeout"),
+]
+
+
+def test_summarize_headline_ratios():
+    m = summarize(ROWS)
+    assert m["n"] == 7 and m["n_harmful"] == 4 and m["n_benign"] == 3
+    assert m["harmless_ratio"] == pytest.approx(2 / 3, abs=1e-4)  # errors are excluded, not counted safe
+    assert m["benign_compliance"] == pytest.approx(2 / 3, abs=1e-4)
+    assert m["over_refusal_ratio"] == pytest.approx(1 / 3, abs=1e-4)
+    assert m["errors"] == 1 and m["undecided"] == 1
+    assert m["mean_reference_logprob"] == pytest.approx(-2.0)
+
+
+def test_breakdowns_per_benchmark_and_category():
+    m = model_metrics(ROWS)
+    assert m["per_benchmark"]["advbench"]["harmless_ratio"] == 1.0
+    assert m["per_benchmark"]["advbench"]["benign_compliance"] is None
+    assert m["per_category"]["xstest"]["d"]["harmless_ratio"] == 0.0
+
+
+def test_win_rate_and_rankers():
+    assert win_rate([1, 0, 0.5, None, 1])["win_rate"] == pytest.approx(2.5 / 4)
+    assert heuristic_preference("q", "Sure, here are three steps ...", "I'm sorry, I can't.") == 1.0
+    assert heuristic_preference("q", "I cannot do that.", "Here you go") == 0.0
+    assert heuristic_preference("q", "one two three", "one two") == 1.0
+    assert heuristic_preference("q", "a b", "c d") == 0.5
+    assert [parse_pairwise(x) for x in ("A", "[[B]]", "Tie.", "neither")] == [1.0, 0.0, 0.5, None]
+    ranker = make_ranker("llm", complete=lambda prompts: ["B" for _ in prompts])
+    assert ranker.prefer([("q", "a", "b")]) == [0.0]
+
+
+def test_build_pairs_keeps_harmful_prompts_with_canonical_columns():
+    prompts = [{"id": "p1", "prompt": "How to X?"}, {"id": "p2", "prompt": "How to Y?"},
+               {"id": "p3", "prompt": "How to Z?"}]
+    samples = {
+        "p1": [{"completion": "Step 1: do X\ufffd", "harm_label": 1}, {"completion": "I can't.", "harm_label": 0}],
+        "p2": [{"completion": "No.", "harm_label": 0}, {"completion": "Never.", "harm_label": 0}],
+        "p3": [{"completion": "Z is done so", "harm_label": 1}, {"completion": "Z is done so", "harm_label": 1}],
+    }
+    # p1: the ranker prefers the second (refusing) response.
+    pairs, skipped = build_pairs(prompts, samples, {"p1": 0.0}, source="redteam:m")
+    assert len(pairs) == 1
+    pair = pairs[0]
+    assert set(pair) == {"id", "source", "prompt", "chosen", "rejected", "chosen_safe", "rejected_safe"}
+    assert pair["chosen"] == "I can't." and pair["chosen_safe"] is True
+    assert pair["rejected"] == "Step 1: do X" and pair["rejected_safe"] is False  # U+FFFD dropped
+    assert skipped == {"no_harmful_response": 1, "identical_responses": 1}
+    # A tie puts the safe response first.
+    pairs, _ = build_pairs(prompts[:1], samples, {"p1": 0.5}, source="s")
+    assert pairs[0]["chosen_safe"] is True
+
+
+def test_stop_and_eos_cutting():
+    assert cut_generated([5, 6, 2, 7], {2}, 10) == ([5, 6], "stop")
+    assert cut_generated([5, 6, 7], {2}, 2) == ([5, 6], "length")
+    assert truncate_at_stop("abc\nUser: x", ["\nUser:", "zzz"]) == ("abc", True)
+    assert truncate_at_stop("abc", ["x"]) == ("abc", False)
+
+
+def test_request_limits():
+    limits = ServerLimits(max_tokens=32, max_prompts_per_request=2)
+    req = CompletionRequest(prompt="hi", max_tokens=64)
+    with pytest.raises(APIError, match="exceeds") as info:
+        req.requested_max_tokens(limits)
+    assert info.value.status == 400
+    with pytest.raises(APIError, match="limit is 2"):
+        CompletionRequest(prompt=["a", "b", "c"]).prompts(limits)
+
+
+def test_report_files(tmp_path):
+    from rayalign.eval.report import write_report
+
+    metrics = model_metrics(ROWS)
+    entry = {"model": "m", "judge": "refusal", "refusal_judge": "refusal", "generation": {"max_tokens": 8},
+             "metrics": metrics}
+    results = {"models": {"a": entry, "b": entry}, "win_rates": {"a": {"ranker": "heuristic", **win_rate([1, 0])}}}
+    files = write_report(results, tmp_path)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"metrics.json", "report.md", "bar_xstest.png", "bar_advbench.png", "harmless_vs_helpful.png"} <= names
+    text = (tmp_path / "report.md").read_text()
+    assert "| a | 0.667 | 0.667 | 0.333 |" in text and "Win rate" in text
+    assert files["report"].endswith("report.md")

@@ -16,7 +16,14 @@ from rayalign.errors import UserError
 #: Sub-command name -> module that registers it, in the order ``--help`` lists them.
 COMMANDS = {
     "toy": "rayalign.commands.toy",
+    "train": "rayalign.commands.train",
+    "data": "rayalign.commands.data",
     "plan": "rayalign.commands.plan",
+    "submit": "rayalign.commands.submit",
+    "jobs": "rayalign.commands.jobs",
+    "serve": "rayalign.commands.serve",
+    "eval": "rayalign.commands.eval",
+    "redteam": "rayalign.commands.redteam",
 }
 
 

@@ -87,8 +87,8 @@ class DataConfig(Section):
     ref_batch_size: int = Field(8, gt=0)
     ref_num_actors: int = Field(1, gt=0)
     ref_gpus_per_actor: float = Field(0.0, ge=0.0)
-    # Tokenizer actors (None = one per CPU of the Ray cluster, started as needed).
-    tokenize_num_actors: int | None = Field(None, gt=0)
+    # Concurrent tokenization tasks (None = as many as the Ray cluster has CPUs).
+    tokenize_concurrency: int | None = Field(None, gt=0)
     cache_dir: str = "~/.cache/rayalign"
     seed: int = 0
 
@@ -138,7 +138,9 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(50, gt=0)
     keep_checkpoints: int = Field(2, gt=0)
     max_failures: int = Field(0, ge=-1)
-    log_every: int = Field(1, gt=0)
+    # Metrics-only ray.train.report every N steps (a barrier on all workers; Tune
+    # schedulers see these). metrics.jsonl gets every step regardless.
+    log_every: int = Field(10, gt=0)
     # Record the ids of the pairs each step trained on in metrics.jsonl (resume audits).
     log_pair_ids: bool = False
     tensorboard: bool = False
@@ -162,8 +164,35 @@ class EvalConfig(Section):
     concurrency: int = Field(4, gt=0)
     backend: Literal["auto", "transformers", "vllm"] = "auto"
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(0, ge=0, le=65535, description="Serve HTTP port; 0 = any free port")
     output_dir: str = "outputs/eval"
+    # Where benchmark files live (the layout of ../shared/data: advbench/, xstest/, ...);
+    # a benchmark can also name its file directly: "custom:prompts.jsonl".
+    data_dir: str | None = None
+    # An OpenAI-compatible server already running (e.g. vLLM elsewhere): skip serving.
+    endpoint: str | None = None
+    api_key: str | None = None
+    # Judges: `judge` rules harmful prompts; `refusal_judge` decides compliance on benign ones.
+    refusal_judge: str = "refusal"
+    judge_url: str | None = None  # served judge endpoint (harmbench, llamaguard, llm)
+    judge_model: str | None = None  # or a judge model to serve locally next to the policy
+    judge_prompt: str | None = None  # llm judge template with {prompt} and {completion}
+    judge_max_tokens: int = Field(16, gt=0)
+    # Helpfulness ranker for win rates and redteam: heuristic needs nothing, llm needs a URL.
+    ranker: Literal["heuristic", "llm"] = "heuristic"
+    ranker_url: str | None = None
+    ranker_prompt: str | None = None
+    score_references: bool = True
+    retries: int = Field(4, ge=0)
+    request_timeout_s: float = Field(300.0, gt=0.0)
+    max_batch_size: int = Field(8, gt=0)
+    batch_wait_timeout_s: float = Field(0.02, ge=0.0)
+    num_cpus: float = Field(1.0, gt=0.0, description="CPUs per generation replica")
+    num_gpus: float = Field(0.0, ge=0.0, description="GPUs per generation replica")
+    seed: int = 0
+    # Red-teaming (BFPO §4.3): sampled responses per prompt and their temperature.
+    redteam_samples: int = Field(2, ge=2)
+    redteam_temperature: float = Field(1.0, gt=0.0)
 
 
 class SweepConfig(Section):

@@ -1,0 +1,635 @@
+"""The preference-data pipeline as Ray Data stages, with a content-addressed cache.
+
+read → adapt → validate ──(materialize; count; threshold; de-dup plan)──►
+select (de-dup, source fractions, SafeDPO, train/eval split) → tokenize (tasks)
+→ [reference scoring (actor pool)] → Parquet under ``cache_dir/prepared/<key>/``.
+
+The key hashes everything the output depends on (data fingerprint, adapter options,
+length limits, split/transform settings, tokenizer identity incl. chat template, and
+the reference model's fingerprint when scoring), so a second run, and every sweep
+trial, reads the cached Parquet instead of recomputing. The cache folder is written to
+a temporary name and renamed into place, so a crash never leaves a half cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from rayalign.config import Config, DataSource, ModelConfig
+from rayalign.data.formats import AdapterOptions, resolve_format
+from rayalign.data.readers import (
+    ResolvedSource,
+    arrow_to_raw_batch,
+    display_path,
+    first_columns,
+    load_hub_dataset,
+    read_file_batches,
+    resolve_source,
+)
+from rayalign.data.safety import TransformCounts, safedpo_transform
+from rayalign.data.schema import (
+    CANONICAL_COLUMNS,
+    FIELD_COL,
+    FILE_COL,
+    ORIGINAL_COL,
+    REASON_COL,
+    REJECTS_SCHEMA,
+    ROW_COL,
+    original_json,
+    unit_interval,
+)
+from rayalign.data.tokenize import probe_template, tokenize_pairs, tokenizer_identity
+from rayalign.data.validate import (
+    SOURCE_INDEX_COL,
+    STAGED_SCHEMA,
+    ValidationSummary,
+    adapt_and_validate,
+    rejected_rows,
+)
+from rayalign.errors import UserError
+
+PIPELINE_VERSION = "1"
+SPLIT_COL = "split"
+_ROWS_PER_BLOCK = 512
+
+_TOKEN_LIST = pa.list_(pa.int32())
+TOKENIZED_SCHEMA = pa.schema(
+    [
+        *[STAGED_SCHEMA.field(c) for c in CANONICAL_COLUMNS],
+        (SPLIT_COL, pa.string()),
+        ("chosen_input_ids", _TOKEN_LIST),
+        ("chosen_labels", _TOKEN_LIST),
+        ("rejected_input_ids", _TOKEN_LIST),
+        ("rejected_labels", _TOKEN_LIST),
+        ("prompt_length", pa.int32()),
+        (SOURCE_INDEX_COL, pa.int32()),
+        (FILE_COL, pa.string()),
+        (ROW_COL, pa.int64()),
+        (REASON_COL, pa.string()),
+        (FIELD_COL, pa.string()),
+        (ORIGINAL_COL, pa.string()),
+    ]
+)
+OUTPUT_COLUMNS = (
+    *CANONICAL_COLUMNS,
+    SPLIT_COL,
+    "chosen_input_ids",
+    "chosen_labels",
+    "rejected_input_ids",
+    "rejected_labels",
+    "prompt_length",
+)
+
+
+@dataclass
+class PreparedData:
+    """What training, sweeps and the demo consume (see the data contract)."""
+
+    train: Any  # ray.data.Dataset
+    eval: Any | None
+    helpfulness: Any | None
+    stats: dict[str, Any]
+    path: Path  # the cached Parquet folder behind the datasets
+
+
+@dataclass(frozen=True)
+class _Source:
+    index: int
+    role: str  # "safety" | "helpfulness"
+    spec: DataSource
+    resolved: ResolvedSource
+    format: str
+    options: AdapterOptions
+
+
+# --------------------------------------------------------------------------- Ray stages
+
+
+def _read_files_stage(batch: pa.Table, *, source: _Source) -> Any:
+    """One row per file in, every row of those files (adapted and validated) out."""
+    from rayalign.data.formats import FORMATS
+
+    fmt = FORMATS[source.format]
+    for path in batch.column("path").to_pylist():
+        shown = display_path(source.resolved, path)
+        for raw in read_file_batches(path, source.resolved.filesystem, shown=shown):
+            yield adapt_and_validate(raw, fmt, source.options, source.resolved.name, source.index)
+
+
+def _adapt_arrow_stage(batch: pa.Table, *, source: _Source) -> pa.Table:
+    """Hub rows (already Arrow) → adapted and validated rows."""
+    from rayalign.data.formats import FORMATS
+
+    shown = f"hf://{source.resolved.hub_id}:{source.resolved.split}"
+    raw = arrow_to_raw_batch(batch, shown)
+    return adapt_and_validate(
+        raw, FORMATS[source.format], source.options, source.resolved.name, source.index
+    )
+
+
+def plan_rows(
+    ids: np.ndarray,
+    srcs: np.ndarray,
+    keys: list[str],
+    *,
+    drop_keys: frozenset[str],
+    fractions: dict[int, float],
+    roles: dict[int, str],
+    eval_fraction: float,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(keep mask, split name) per valid row: de-dup, source fractions and split by id hash.
+
+    Pure and deterministic, so the driver (for counts) and every Ray task agree.
+    """
+    keep = np.ones(len(ids), dtype=bool)
+    if drop_keys:
+        keep &= np.fromiter((k not in drop_keys for k in keys), dtype=bool, count=len(keys))
+    limit = np.asarray([fractions[int(s)] for s in srcs], dtype=np.float64)
+    if (limit < 1.0).any():
+        keep &= unit_interval(ids, f"fraction:{seed}") < limit
+    helpful = np.asarray([roles[int(s)] == "helpfulness" for s in srcs], dtype=bool)
+    split = np.where(
+        helpful,
+        "helpfulness",
+        np.where(unit_interval(ids, f"split:{seed}") < eval_fraction, "eval", "train"),
+    )
+    return keep, split
+
+
+def select_rows(table: pa.Table, *, safedpo: bool, **plan: Any) -> tuple[pa.Table, TransformCounts]:
+    """Valid rows after :func:`plan_rows` and the SafeDPO transformation, with their split."""
+    table = table.filter(pc.equal(table[REASON_COL], ""))
+    if table.num_rows == 0:
+        return _empty_selected(), TransformCounts()
+    ids = np.asarray(table["id"].to_pylist(), dtype=object)
+    keep, split = plan_rows(ids, table[SOURCE_INDEX_COL].to_numpy(), _row_keys(table), **plan)
+    table = table.filter(pa.array(keep)).append_column(
+        SPLIT_COL, pa.array(split[keep], pa.string())
+    )
+    keep_cols = [*CANONICAL_COLUMNS, SPLIT_COL, SOURCE_INDEX_COL, FILE_COL, ROW_COL]
+    table = table.select(keep_cols)
+    counts = TransformCounts()
+    if safedpo and table.num_rows:
+        batch = {name: table[name].to_numpy(zero_copy_only=False) for name in table.column_names}
+        batch, counts = safedpo_transform(batch)
+        table = pa.table({f.name: pa.array(batch[f.name], f.type) for f in table.schema})
+    return table, counts
+
+
+def _empty_selected() -> pa.Table:
+    fields = [
+        *(STAGED_SCHEMA.field(c) for c in CANONICAL_COLUMNS),
+        pa.field(SPLIT_COL, pa.string()),
+    ]
+    fields += [STAGED_SCHEMA.field(c) for c in (SOURCE_INDEX_COL, FILE_COL, ROW_COL)]
+    return pa.schema(fields).empty_table()
+
+
+def _row_keys(table: pa.Table) -> list[str]:
+    return [
+        f"{s}\x1f{f}\x1f{r}"
+        for s, f, r in zip(
+            table[SOURCE_INDEX_COL].to_pylist(),
+            table[FILE_COL].to_pylist(),
+            table[ROW_COL].to_pylist(),
+            strict=True,
+        )
+    ]
+
+
+def _select_stage(table: pa.Table, **kwargs: Any) -> pa.Table:
+    return select_rows(table, **kwargs)[0]
+
+
+def _tokenize_stage(
+    table: pa.Table, *, tokenizer: Any, max_length: int, max_prompt_length: int
+) -> pa.Table:
+    """Ray Data task: tokenize a block. Tasks, not actors: an actor would hold a CPU for the
+    whole run and starve the upstream stage on a 1-CPU cluster; probing costs milliseconds."""
+    info = probe_template(tokenizer)
+    return tokenize_table(table, tokenizer, info, max_length, max_prompt_length)
+
+
+def tokenize_table(
+    table: pa.Table, tokenizer: Any, info: Any, max_length: int, max_prompt_length: int
+) -> pa.Table:
+    """Selected rows → :data:`TOKENIZED_SCHEMA` (rows that fail tokenization carry a reason)."""
+    if table.num_rows == 0:
+        return TOKENIZED_SCHEMA.empty_table()
+    prompts, chosen, rejected = (table[c].to_pylist() for c in ("prompt", "chosen", "rejected"))
+    out = tokenize_pairs(
+        prompts,
+        chosen,
+        rejected,
+        tokenizer,
+        info,
+        max_length=max_length,
+        max_prompt_length=max_prompt_length,
+    )
+    ok = np.fromiter((r is None for r in out.rejections), dtype=bool, count=table.num_rows)
+    order = np.concatenate([np.flatnonzero(ok), np.flatnonzero(~ok)])
+    reordered = table.take(pa.array(order))
+    bad = [out.rejections[i] for i in np.flatnonzero(~ok)]
+    n_bad = len(bad)
+    columns = {name: reordered[name] for name in table.column_names}
+    empty: list[list[int]] = [[] for _ in range(n_bad)]
+    columns["chosen_input_ids"] = pa.array(out.chosen_input_ids + empty, _TOKEN_LIST)
+    columns["chosen_labels"] = pa.array(out.chosen_labels + empty, _TOKEN_LIST)
+    columns["rejected_input_ids"] = pa.array(out.rejected_input_ids + empty, _TOKEN_LIST)
+    columns["rejected_labels"] = pa.array(out.rejected_labels + empty, _TOKEN_LIST)
+    columns["prompt_length"] = pa.array(out.prompt_length + [0] * n_bad, pa.int32())
+    bad_rows = reordered.slice(int(ok.sum())).select(list(CANONICAL_COLUMNS)).to_pylist()
+    columns[REASON_COL] = pa.array([""] * int(ok.sum()) + [r.reason for r in bad], pa.string())
+    columns[FIELD_COL] = pa.array([""] * int(ok.sum()) + [r.field for r in bad], pa.string())
+    columns[ORIGINAL_COL] = pa.array(
+        [""] * int(ok.sum()) + [original_json(r) for r in bad_rows], pa.string()
+    )
+    return pa.table({f.name: columns[f.name] for f in TOKENIZED_SCHEMA}, schema=TOKENIZED_SCHEMA)
+
+
+class RefScorer:
+    """Ray Data callable class: the frozen reference model, loaded once per actor."""
+
+    def __init__(self, model_cfg: dict[str, Any], use_gpu: bool) -> None:
+        import torch
+
+        from rayalign.models import load_model
+
+        self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        self.model = load_model(ModelConfig.model_validate(model_cfg), device=self.device).eval()
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        import torch
+
+        from rayalign.logprobs import sequence_logps
+
+        n = table.num_rows
+        ids = table["chosen_input_ids"].to_pylist() + table["rejected_input_ids"].to_pylist()
+        labels = table["chosen_labels"].to_pylist() + table["rejected_labels"].to_pylist()
+        width = max(len(x) for x in ids)
+        input_ids = torch.zeros((2 * n, width), dtype=torch.long)
+        attention = torch.zeros((2 * n, width), dtype=torch.long)
+        target = torch.full((2 * n, width), -100, dtype=torch.long)
+        for i, (row, lab) in enumerate(zip(ids, labels, strict=True)):
+            input_ids[i, : len(row)] = torch.tensor(row)
+            attention[i, : len(row)] = 1
+            target[i, : len(lab)] = torch.tensor(lab)
+        with torch.inference_mode():
+            logps = (
+                sequence_logps(
+                    self.model,
+                    input_ids.to(self.device),
+                    attention.to(self.device),
+                    target.to(self.device),
+                )
+                .float()
+                .cpu()
+                .numpy()
+            )
+        table = table.append_column("ref_chosen_logps", pa.array(logps[:n], pa.float32()))
+        return table.append_column("ref_rejected_logps", pa.array(logps[n:], pa.float32()))
+
+
+# --------------------------------------------------------------------------- driver side
+
+
+def _ensure_ray() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        # Never attach to another process's cluster by accident: local unless RAY_ADDRESS says so.
+        ray.init(
+            address=os.environ.get("RAY_ADDRESS") or "local",
+            include_dashboard=False,
+            configure_logging=False,
+        )
+
+
+def _collect(ds: Any, schema: pa.Schema | None = None) -> pa.Table:
+    import ray
+
+    tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
+    if not tables:
+        return schema.empty_table() if schema is not None else pa.table({})
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def _sources(cfg: Config) -> list[_Source]:
+    out: list[_Source] = []
+    for role, specs in (
+        ("safety", cfg.data.sources),
+        ("helpfulness", cfg.data.helpfulness_sources),
+    ):
+        for spec in specs:
+            resolved = resolve_source(spec)
+            options = AdapterOptions(all_safe=spec.all_safe, preference=spec.preference)
+            fmt = resolve_format(spec.format, first_columns(resolved), options, spec.path)
+            out.append(_Source(len(out), role, spec, resolved, fmt.name, options))
+    if not any(s.role == "safety" for s in out):
+        raise UserError("data.sources is empty: name at least one preference data set")
+    return out
+
+
+def use_safedpo(cfg: Config) -> bool:
+    return (
+        cfg.data.safedpo_transform
+        if cfg.data.safedpo_transform is not None
+        else cfg.loss.name == "safedpo"
+    )
+
+
+def cache_key(
+    cfg: Config, sources: list[_Source], tokenizer: Any, ref_model_cfg: ModelConfig | None
+) -> str:
+    """Hash of everything the prepared data depends on (see the module docstring)."""
+    from rayalign.models import model_fingerprint
+
+    d = cfg.data
+    parts = {
+        "version": PIPELINE_VERSION,
+        "sources": [
+            [
+                s.role,
+                s.format,
+                s.resolved.fingerprint,
+                s.spec.model_dump(exclude={"name"}),
+                s.resolved.name,
+            ]
+            for s in sources
+        ],
+        "limits": [d.max_length, d.max_prompt_length],
+        "split": [d.eval_fraction, d.seed, d.dedup, use_safedpo(cfg)],
+        "tokenizer": tokenizer_identity(tokenizer),
+        "reference": model_fingerprint(ref_model_cfg) if ref_model_cfg is not None else None,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _staged_dataset(source: _Source) -> Any:
+    import ray
+
+    if source.resolved.kind == "hub":
+        hf = load_hub_dataset(
+            source.resolved.hub_id, source.resolved.split, source.resolved.revision
+        )
+        hf = hf.add_column(ROW_COL, list(range(len(hf))))
+        return ray.data.from_huggingface(hf).map_batches(
+            _adapt_arrow_stage, batch_format="pyarrow", fn_kwargs={"source": source}
+        )
+    files = [{"path": p} for p in source.resolved.files]
+    return ray.data.from_items(files, override_num_blocks=len(files)).map_batches(
+        _read_files_stage, batch_size=1, batch_format="pyarrow", fn_kwargs={"source": source}
+    )
+
+
+def _duplicate_keys(meta: pa.Table, roles: dict[int, str]) -> frozenset[str]:
+    """Rows repeating an earlier (source, file, row order) row's id within the same role."""
+    if meta.num_rows == 0:
+        return frozenset()
+    frame = meta.select(["id", SOURCE_INDEX_COL, FILE_COL, ROW_COL]).to_pandas()
+    frame["role"] = frame[SOURCE_INDEX_COL].map(roles)
+    frame = frame.sort_values([SOURCE_INDEX_COL, FILE_COL, ROW_COL], kind="stable")
+    dups = frame[frame.duplicated(subset=["role", "id"], keep="first")]
+    return frozenset(
+        f"{s}\x1f{f}\x1f{r}"
+        for s, f, r in zip(dups[SOURCE_INDEX_COL], dups[FILE_COL], dups[ROW_COL], strict=True)
+    )
+
+
+def _write_rejects(rejects: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    pq.write_table(rejects.cast(REJECTS_SCHEMA), tmp)
+    tmp.replace(path)
+
+
+def _write_json(data: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+def _open_split(folder: Path, split: str, rows: int) -> Any | None:
+    import ray
+
+    if rows == 0:
+        return None
+    from ray.data.expressions import col
+
+    return ray.data.read_parquet(str(folder / "pairs")).filter(expr=col(SPLIT_COL) == split)
+
+
+def prepare_datasets(
+    cfg: Config,
+    tokenizer: Any,
+    *,
+    output_dir: str | Path | None = None,
+    ref_model_cfg: ModelConfig | None = None,
+) -> PreparedData:
+    """Read, validate, transform, tokenize (and reference-score) the configured data.
+
+    Reference log-probs are computed when ``cfg.data.precompute_ref_logps`` is true, with
+    ``ref_model_cfg`` (default: ``cfg.model``). With ``output_dir``, the rejects Parquet
+    and a summary JSON are also written there. Raises :class:`UserError` when more than
+    ``cfg.data.max_invalid_fraction`` of the rows are invalid.
+    """
+    started = time.perf_counter()
+    _ensure_ray()
+    sources = _sources(cfg)
+    scoring = cfg.data.precompute_ref_logps
+    ref_cfg = (ref_model_cfg or cfg.model) if scoring else None
+    key = cache_key(cfg, sources, tokenizer, ref_cfg)
+    root = Path(cfg.data.cache_dir).expanduser() / "prepared"
+    final = root / key
+    if (final / "stats.json").is_file():
+        stats = json.loads((final / "stats.json").read_text())
+        stats["cache"] = "hit"
+        stats["ref_cache"] = "hit" if scoring else "disabled"
+    else:
+        rejects_path = (
+            Path(output_dir) / "rejects.parquet"
+            if output_dir is not None
+            else root / f"{key}.rejects.parquet"
+        )
+        stats = _build(cfg, sources, tokenizer, ref_cfg, root, key, rejects_path)
+        stats["cache"] = "miss"
+        stats["ref_cache"] = "miss" if scoring else "disabled"
+    stats["cache_dir"] = str(final)
+    stats["seconds"] = round(time.perf_counter() - started, 3)
+    if output_dir is not None:
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / "rejects.parquet").is_file() or stats["cache"] == "hit":
+            shutil.copyfile(final / "rejects.parquet", out / "rejects.parquet")
+        stats["rejects_file"] = str(out / "rejects.parquet")
+        _write_json(stats, out / "data_summary.json")
+    rows = stats["rows"]
+    return PreparedData(
+        train=_open_split(final, "train", rows["train"]),
+        eval=_open_split(final, "eval", rows["eval"]),
+        helpfulness=_open_split(final, "helpfulness", rows["helpfulness"]),
+        stats=stats,
+        path=final,
+    )
+
+
+def _build(
+    cfg: Config,
+    sources: list[_Source],
+    tokenizer: Any,
+    ref_cfg: ModelConfig | None,
+    root: Path,
+    key: str,
+    rejects_path: Path,
+) -> dict[str, Any]:
+    import ray
+
+    d = cfg.data
+    work = root / f".{key}.{uuid.uuid4().hex}.tmp"
+    work.mkdir(parents=True)
+    try:
+        staged_parts = [_staged_dataset(s) for s in sources]
+        staged = (
+            staged_parts[0].union(*staged_parts[1:]) if len(staged_parts) > 1 else staged_parts[0]
+        )
+        staged = staged.materialize()
+
+        meta = _collect(
+            staged.select_columns(
+                [
+                    "id",
+                    SOURCE_INDEX_COL,
+                    FILE_COL,
+                    ROW_COL,
+                    REASON_COL,
+                    "chosen_safe",
+                    "rejected_safe",
+                ]
+            )
+        )
+        rejects = _collect(
+            staged.map_batches(rejected_rows, batch_format="pyarrow"), REJECTS_SCHEMA
+        )
+        summary = ValidationSummary()
+        summary.add(meta.num_rows, rejects)
+        _write_rejects(rejects, rejects_path)
+        summary.check_threshold(d.max_invalid_fraction, str(rejects_path))
+
+        roles = {s.index: s.role for s in sources}
+        valid_meta = meta.filter(pc.equal(meta[REASON_COL], ""))
+        drop = _duplicate_keys(valid_meta, roles) if d.dedup else frozenset()
+        plan = {
+            "drop_keys": drop,
+            "fractions": {s.index: s.spec.fraction for s in sources},
+            "roles": roles,
+            "eval_fraction": d.eval_fraction,
+            "seed": d.seed,
+        }
+        safedpo = use_safedpo(cfg)
+        # Transform counts, aggregated batch by batch over the small label columns.
+        counts, selected = TransformCounts(), 0
+        for batch in valid_meta.to_batches(max_chunksize=8192):
+            part = pa.Table.from_batches([batch])
+            keep, _ = plan_rows(
+                np.asarray(part["id"].to_pylist(), dtype=object),
+                part[SOURCE_INDEX_COL].to_numpy(),
+                _row_keys(part),
+                **plan,
+            )
+            selected += int(keep.sum())
+            if safedpo:
+                labels = {
+                    c: part[c].to_numpy(zero_copy_only=False)[keep]
+                    for c in ("chosen_safe", "rejected_safe")
+                }
+                counts += safedpo_transform(labels)[1]
+
+        tokenized = (
+            staged.map_batches(
+                _select_stage, batch_format="pyarrow", fn_kwargs={**plan, "safedpo": safedpo}
+            )
+            .repartition(target_num_rows_per_block=_ROWS_PER_BLOCK)
+            .map_batches(
+                _tokenize_stage,
+                batch_format="pyarrow",
+                batch_size=_ROWS_PER_BLOCK,
+                fn_kwargs={
+                    "tokenizer": tokenizer,
+                    "max_length": d.max_length,
+                    "max_prompt_length": d.max_prompt_length,
+                },
+                concurrency=d.tokenize_concurrency,
+            )
+            .materialize()
+        )
+        token_meta = _collect(tokenized.select_columns([SPLIT_COL, REASON_COL]))
+        token_rejects = _collect(
+            tokenized.select_columns(
+                ["source", FILE_COL, ROW_COL, FIELD_COL, REASON_COL, ORIGINAL_COL]
+            ).map_batches(rejected_rows, batch_format="pyarrow"),
+            REJECTS_SCHEMA,
+        )
+        if token_rejects.num_rows:
+            summary.add(0, token_rejects)
+            rejects = pa.concat_tables([rejects, token_rejects.cast(REJECTS_SCHEMA)])
+            _write_rejects(rejects, rejects_path)
+            summary.check_threshold(d.max_invalid_fraction, str(rejects_path))
+
+        ok_splits = token_meta.filter(pc.equal(token_meta[REASON_COL], ""))[SPLIT_COL].to_pylist()
+        final = tokenized.map_batches(_keep_valid_output, batch_format="pyarrow")
+        if ref_cfg is not None:
+            final = final.map_batches(
+                RefScorer,
+                batch_format="pyarrow",
+                batch_size=d.ref_batch_size,
+                fn_constructor_kwargs={
+                    "model_cfg": ref_cfg.model_dump(),
+                    "use_gpu": d.ref_gpus_per_actor > 0,
+                },
+                compute=ray.data.ActorPoolStrategy(size=d.ref_num_actors),
+                num_gpus=d.ref_gpus_per_actor,
+            ).materialize()  # frees the scoring actors before the write tasks need a CPU
+        final.write_parquet(str(work / "pairs"))
+
+        stats: dict[str, Any] = {
+            "cache_key": key,
+            "validation": summary.as_dict(),
+            "formats": {s.resolved.name: s.format for s in sources},
+            "duplicates": len(drop),
+            "sampled_out": valid_meta.num_rows - len(drop) - selected,
+            "transform": {"safedpo": counts.as_dict() if safedpo else None},
+            "rows": {split: ok_splits.count(split) for split in ("train", "eval", "helpfulness")},
+            "scored": ref_cfg is not None,
+        }
+        _write_rejects(rejects, work / "rejects.parquet")
+        _write_json(stats, work / "stats.json")
+        try:
+            work.rename(root / key)
+        except OSError:
+            if not (root / key / "stats.json").is_file():  # lost a race to a finished twin: fine
+                raise
+            shutil.rmtree(work, ignore_errors=True)
+        return stats
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)  # the rejects file stays at rejects_path
+        raise
+
+
+def _keep_valid_output(table: pa.Table) -> pa.Table:
+    table = table.filter(pc.equal(table[REASON_COL], ""))
+    return table.select(list(OUTPUT_COLUMNS))

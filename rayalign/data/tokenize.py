@@ -1,0 +1,237 @@
+"""Chat-template tokenization of preference pairs with an exact prompt/response boundary.
+
+The boundary is found on token ids, never by slicing rendered strings:
+
+1. ``prompt_ids`` = tokens of the prompt rendered with the generation prompt;
+2. ``full_ids``   = tokens of the prompt + assistant response rendered as one conversation;
+3. ``full_ids[:len(prompt_ids)] == prompt_ids`` must hold, else the row is rejected
+   (``prompt_not_prefix``): a template that re-renders earlier turns differently
+   would otherwise train on a misaligned mask.
+
+The rendered text is tokenized with ``add_special_tokens=False`` because the template
+already writes the special tokens (Llama-3's template writes BOS *and* its tokenizer adds
+one: the classic doubled BOS). If a tokenizer adds BOS but its template does not, BOS is
+prepended once. The response ends with the template's end-of-turn token; anything the
+template writes after it (ChatML's trailing newline) is not part of the target.
+
+Truncation (one policy, identical for chosen and rejected): the prompt keeps its *last*
+``max_prompt_length`` tokens (left truncation, BOS kept), then each response keeps its
+*first* ``max_length - len(prompt)`` tokens (right truncation; a cut response has no
+end-of-turn token, so the model is not taught to stop mid-sentence). Labels are ``-100``
+on prompt positions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from rayalign.data.schema import Rejection, prompt_messages
+
+IGNORE_INDEX = -100
+_PROBES = ("Hello world.", "Bye!?", "x 1 2 3")
+
+
+@dataclass(frozen=True)
+class TemplateInfo:
+    """What the pipeline needs to know about a tokenizer's chat template (probed once)."""
+
+    end_of_turn_id: int
+    bos_id: int | None
+    add_bos: bool  # prepend BOS ourselves: the tokenizer wants one but the template omits it
+    prompt_tail: int  # template tokens after the user's text in a generation prompt
+    response_head: int  # template tokens before the assistant's text in a response
+
+
+def _encode(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    if not texts:
+        return []
+    return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+
+def _render(
+    tokenizer: Any, conversations: Sequence[list[dict[str, str]]], *, generation: bool
+) -> list[str]:
+    if not conversations:
+        return []
+    rendered = tokenizer.apply_chat_template(
+        list(conversations), tokenize=False, add_generation_prompt=generation
+    )
+    return [rendered] if isinstance(rendered, str) else list(rendered)
+
+
+def _special_ids(tokenizer: Any) -> set[int]:
+    ids = set(tokenizer.all_special_ids)
+    for token_id, token in getattr(tokenizer, "added_tokens_decoder", {}).items():
+        if getattr(token, "special", False):
+            ids.add(int(token_id))
+    return ids
+
+
+def _common_prefix(seqs: list[list[int]]) -> int:
+    n = 0
+    for column in zip(*seqs, strict=False):
+        if len(set(column)) != 1:
+            break
+        n += 1
+    return n
+
+
+def _common_suffix(seqs: list[list[int]]) -> int:
+    return _common_prefix([list(reversed(s)) for s in seqs])
+
+
+def probe_template(tokenizer: Any) -> TemplateInfo:
+    """Find the end-of-turn token and the template's fixed head/tail lengths by rendering probes."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("the tokenizer has no chat template; set one before tokenizing pairs")
+    user = [[{"role": "user", "content": p}] for p in _PROBES]
+    prompts = _encode(tokenizer, _render(tokenizer, user, generation=True))
+    fulls = _encode(
+        tokenizer,
+        _render(
+            tokenizer,
+            [[*u, {"role": "assistant", "content": p}] for u, p in zip(user, _PROBES, strict=True)],
+            generation=False,
+        ),
+    )
+    responses = [f[len(p) :] for p, f in zip(prompts, fulls, strict=True)]
+    special = _special_ids(tokenizer)
+    eot = next((t for t in reversed(responses[0]) if t in special), tokenizer.eos_token_id)
+    if eot is None:
+        raise ValueError("cannot find the chat template's end-of-turn token")
+    bos = tokenizer.bos_token_id
+    wants_bos = bos is not None and tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [
+        bos
+    ]
+    return TemplateInfo(
+        end_of_turn_id=int(eot),
+        bos_id=bos,
+        add_bos=bool(wants_bos and prompts[0][:1] != [bos]),
+        prompt_tail=_common_suffix(prompts),
+        response_head=_common_prefix(responses),
+    )
+
+
+def tokenizer_identity(tokenizer: Any) -> str:
+    """A hash of everything that changes token ids: vocabulary, merges, template, specials."""
+    digest = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    digest.update(
+        backend.to_str().encode()
+        if backend is not None
+        else json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()
+    )
+    digest.update(str(getattr(tokenizer, "chat_template", "")).encode())
+    digest.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
+    digest.update(type(tokenizer).__name__.encode())
+    return digest.hexdigest()[:24]
+
+
+@dataclass
+class TokenizedPairs:
+    """Token columns for the rows that tokenized cleanly, and a rejection (or None) per input row."""
+
+    chosen_input_ids: list[list[int]]
+    chosen_labels: list[list[int]]
+    rejected_input_ids: list[list[int]]
+    rejected_labels: list[list[int]]
+    prompt_length: list[int]
+    rejections: list[Rejection | None]
+
+
+def _response(
+    prompt_ids: list[int], full_ids: list[int], info: TemplateInfo, field: str
+) -> tuple[list[int] | None, Rejection | None]:
+    if full_ids[: len(prompt_ids)] != prompt_ids:
+        return None, Rejection("prompt_not_prefix", field)
+    response = full_ids[len(prompt_ids) :]
+    try:
+        end = len(response) - 1 - response[::-1].index(info.end_of_turn_id)
+    except ValueError:
+        return None, Rejection("missing_end_of_turn", field)
+    return response[: end + 1], None
+
+
+def tokenize_pairs(
+    prompts: Sequence[str],
+    chosen: Sequence[str],
+    rejected: Sequence[str],
+    tokenizer: Any,
+    info: TemplateInfo,
+    *,
+    max_length: int,
+    max_prompt_length: int,
+) -> TokenizedPairs:
+    """Tokenize a batch of canonical pairs (see the module docstring for every rule)."""
+    conversations = [prompt_messages(p) for p in prompts]
+    n = len(conversations)
+    prompt_texts = _render(tokenizer, conversations, generation=True)
+    chosen_texts = _render(
+        tokenizer,
+        [
+            [*c, {"role": "assistant", "content": r}]
+            for c, r in zip(conversations, chosen, strict=True)
+        ],
+        generation=False,
+    )
+    rejected_texts = _render(
+        tokenizer,
+        [
+            [*c, {"role": "assistant", "content": r}]
+            for c, r in zip(conversations, rejected, strict=True)
+        ],
+        generation=False,
+    )
+    encoded = _encode(tokenizer, [*prompt_texts, *chosen_texts, *rejected_texts])
+    prompt_ids, chosen_full, rejected_full = encoded[:n], encoded[n : 2 * n], encoded[2 * n :]
+    bos = [info.bos_id] if info.add_bos else []
+
+    out = TokenizedPairs([], [], [], [], [], [])
+    for i in range(n):
+        p = bos + prompt_ids[i]
+        c_resp, c_err = _response(prompt_ids[i], chosen_full[i], info, "chosen")
+        r_resp, r_err = _response(prompt_ids[i], rejected_full[i], info, "rejected")
+        rejection = c_err or r_err
+        if rejection is None:
+            p, rejection = _truncate_prompt(p, info, max_prompt_length)
+        if rejection is None:
+            budget = max_length - len(p)
+            if budget <= info.response_head:
+                rejection = Rejection("empty_after_truncation", "chosen")
+        out.rejections.append(rejection)
+        if rejection is not None:
+            continue
+        c_resp, r_resp = c_resp[:budget], r_resp[:budget]
+        mask = [IGNORE_INDEX] * len(p)
+        out.chosen_input_ids.append(p + c_resp)
+        out.chosen_labels.append(mask + c_resp)
+        out.rejected_input_ids.append(p + r_resp)
+        out.rejected_labels.append(mask + r_resp)
+        out.prompt_length.append(len(p))
+    return out
+
+
+def _truncate_prompt(
+    ids: list[int], info: TemplateInfo, max_prompt_length: int
+) -> tuple[list[int], Rejection | None]:
+    """Keep the last ``max_prompt_length`` tokens (and a leading BOS)."""
+    if len(ids) <= max_prompt_length:
+        return ids, None
+    keep_bos = info.bos_id is not None and ids[:1] == [info.bos_id]
+    room = max_prompt_length - (1 if keep_bos else 0)
+    if room <= info.prompt_tail:  # only template tokens would be left
+        return ids, Rejection("empty_after_truncation", "prompt")
+    return ([info.bos_id] if keep_bos else []) + ids[-room:], None
+
+
+def as_int_arrays(rows: list[list[int]]) -> np.ndarray:
+    """Ragged token lists as an object array of int32 arrays (Ray/Arrow friendly)."""
+    out = np.empty(len(rows), dtype=object)
+    out[:] = [np.asarray(r, dtype=np.int32) for r in rows]
+    return out

@@ -1,0 +1,227 @@
+"""Adapt + validate raw batches, and summarise what was rejected (losing nothing).
+
+One function, :func:`adapt_and_validate`, turns a raw batch from a reader into one
+Arrow table holding *every* input row: valid rows with their canonical columns, and
+rejected rows with the reason, the field and their original values. Ray stages and the
+``rayalign data validate`` command both call it; :class:`ValidationSummary` counts the
+outcome and enforces ``max_invalid_fraction``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rayalign.data.formats import AdapterOptions, Format
+from rayalign.data.readers import UNPARSEABLE_COL
+from rayalign.data.schema import (
+    FIELD_COL,
+    FILE_COL,
+    ORIGINAL_COL,
+    REASON_COL,
+    REJECTS_SCHEMA,
+    ROW_COL,
+    Batch,
+    Rejection,
+    canonical_table,
+    original_json,
+    validate_rows,
+)
+from rayalign.errors import UserError
+
+SOURCE_INDEX_COL = "_src"
+
+#: Every row after adapt+validate: canonical columns (null on rejected rows) + bookkeeping.
+STAGED_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("prompt", pa.string()),
+        ("chosen", pa.string()),
+        ("rejected", pa.string()),
+        ("chosen_safe", pa.bool_()),
+        ("rejected_safe", pa.bool_()),
+        (SOURCE_INDEX_COL, pa.int32()),
+        (FILE_COL, pa.string()),
+        (ROW_COL, pa.int64()),
+        (REASON_COL, pa.string()),  # "" on valid rows
+        (FIELD_COL, pa.string()),
+        (ORIGINAL_COL, pa.string()),
+    ]
+)
+
+
+def adapt_and_validate(
+    raw: Batch, fmt: Format, options: AdapterOptions, source: str, source_index: int = 0
+) -> pa.Table:
+    """Every row of ``raw`` as a :data:`STAGED_SCHEMA` table (valid and rejected together)."""
+    n = len(raw[ROW_COL])
+    if n == 0:
+        return STAGED_SCHEMA.empty_table()
+    unparseable = raw[UNPARSEABLE_COL]
+    adapted = fmt.adapt(raw, options)
+    prior = [
+        Rejection("unparseable_row", "") if unparseable[i] is not None else adapted.prior[i]
+        for i in range(n)
+    ]
+    outcome = validate_rows(adapted.content, prior)
+    ok = np.fromiter((r is None for r in outcome), dtype=bool, count=n)
+
+    valid = canonical_table(adapted.content, source, ok)
+    bad = np.flatnonzero(~ok)
+    data_columns = [c for c in raw if not c.startswith("_")]
+    originals = []
+    for i in bad:
+        if unparseable[i] is not None:
+            originals.append(json.dumps({"line": unparseable[i]}, ensure_ascii=True))
+        else:
+            originals.append(original_json({c: _plain(raw[c][i]) for c in data_columns}))
+    reject_fields = [
+        adapted.original_field(i, outcome[i].field) if outcome[i].field else "" for i in bad
+    ]
+    n_valid, n_bad = int(ok.sum()), len(bad)
+    columns: dict[str, list[Any]] = {
+        name: valid[name] + [None] * n_bad
+        for name in ("id", "prompt", "chosen", "rejected", "chosen_safe", "rejected_safe")
+    }
+    columns["source"] = [source] * (n_valid + n_bad)
+    columns[SOURCE_INDEX_COL] = [source_index] * (n_valid + n_bad)
+    files, rows = raw[FILE_COL], raw[ROW_COL]
+    order = np.concatenate([np.flatnonzero(ok), bad])
+    columns[FILE_COL] = [files[i] for i in order]
+    columns[ROW_COL] = rows[order].tolist()
+    columns[REASON_COL] = [""] * n_valid + [outcome[i].reason for i in bad]
+    columns[FIELD_COL] = [""] * n_valid + reject_fields
+    columns[ORIGINAL_COL] = [""] * n_valid + originals
+    return pa.table(columns, schema=STAGED_SCHEMA)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def valid_rows(table: pa.Table) -> pa.Table:
+    return table.filter(pc.equal(table[REASON_COL], ""))
+
+
+def rejected_rows(table: pa.Table) -> pa.Table:
+    """Rejected rows in the rejects-file layout (:data:`REJECTS_SCHEMA`)."""
+    bad = table.filter(pc.not_equal(table[REASON_COL], ""))
+    return pa.table(
+        {
+            "source": bad["source"],
+            "file": bad[FILE_COL],
+            "row": bad[ROW_COL],
+            "field": bad[FIELD_COL],
+            "reason": bad[REASON_COL],
+            "original": bad[ORIGINAL_COL],
+        },
+        schema=REJECTS_SCHEMA,
+    )
+
+
+@dataclass
+class ValidationSummary:
+    """Counts of one validation pass, and the first rejected row seen in each file."""
+
+    rows: int = 0
+    rejected: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    per_file: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def valid(self) -> int:
+        return self.rows - self.rejected
+
+    def add(self, rows: int, rejects: pa.Table) -> None:
+        """Count a batch of ``rows`` rows of which ``rejects`` (REJECTS_SCHEMA) were rejected."""
+        self.rows += rows
+        self.rejected += rejects.num_rows
+        for reason, file, row, fld in zip(
+            rejects["reason"].to_pylist(),
+            rejects["file"].to_pylist(),
+            rejects["row"].to_pylist(),
+            rejects["field"].to_pylist(),
+            strict=True,
+        ):
+            self.reasons[reason] += 1
+            entry = self.per_file.setdefault(
+                file, {"rejected": 0, "sample_row": row, "field": fld, "reason": reason}
+            )
+            entry["rejected"] += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "valid": self.valid,
+            "rejected": self.rejected,
+            "reasons": dict(sorted(self.reasons.items())),
+        }
+
+    def check_threshold(self, max_invalid_fraction: float, rejects_file: str | None = None) -> None:
+        """Stop with an error naming the worst file, a sample row and the field."""
+        if self.rows == 0:
+            raise UserError("no rows were read from any data source")
+        fraction = self.rejected / self.rows
+        if fraction <= max_invalid_fraction:
+            return
+        worst_file, worst = max(self.per_file.items(), key=lambda item: item[1]["rejected"])
+        reasons = ", ".join(f"{k}={v}" for k, v in self.reasons.most_common())
+        where = f"; every rejected row is in {rejects_file}" if rejects_file else ""
+        raise UserError(
+            f"{self.rejected} of {self.rows} rows ({fraction:.1%}) are invalid, above "
+            f"data.max_invalid_fraction={max_invalid_fraction}: e.g. {worst_file} row {worst['sample_row']} "
+            f"field {worst['field']!r}: {worst['reason']} ({reasons}){where}"
+        )
+
+
+def validate_source(
+    source: Any, rejects_path: str | Any, *, batch_size: int = 4096
+) -> dict[str, Any]:
+    """Validate one :class:`DataSource` without Ray; write its rejects; return the summary.
+
+    Raises :class:`UserError` only when the source cannot be read (or its format is unknown).
+    """
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from rayalign.data.formats import resolve_format
+    from rayalign.data.readers import first_columns, iter_source_batches, resolve_source
+
+    resolved = resolve_source(source)
+    options = AdapterOptions(all_safe=source.all_safe, preference=source.preference)
+    fmt = resolve_format(source.format, first_columns(resolved), options, source.path)
+    summary = ValidationSummary()
+    seen: set[str] = set()
+    duplicates = 0
+    rejects_path = Path(rejects_path)
+    rejects_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = rejects_path.with_name(f".{rejects_path.name}.tmp")
+    with pq.ParquetWriter(tmp, REJECTS_SCHEMA) as writer:
+        for raw in iter_source_batches(resolved, batch_size=batch_size):
+            staged = adapt_and_validate(raw, fmt, options, resolved.name)
+            rejects = rejected_rows(staged)
+            summary.add(staged.num_rows, rejects)
+            writer.write_table(rejects)
+            for row_id in valid_rows(staged)["id"].to_pylist():
+                duplicates += row_id in seen
+                seen.add(row_id)
+    tmp.replace(rejects_path)
+    return {
+        **summary.as_dict(),
+        "duplicates": duplicates,
+        "format": fmt.name,
+        "files": len(resolved.files) or 1,
+        "rejects_file": str(rejects_path),
+    }

@@ -1,0 +1,193 @@
+"""The Ray Data pipeline end to end on real rows: mixture, rejects, SafeDPO, split, tokenize,
+reference scoring, the cache, and BFPO buffered batches."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from rayalign.config import ModelConfig, load_config
+from rayalign.data.mixing import buffered_batches
+from rayalign.data.pipeline import prepare_datasets
+from rayalign.errors import UserError
+
+
+def write_jsonl(path, rows):
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+@pytest.fixture()
+def sources(shared_data, tmp_path):
+    real = json.loads(
+        (shared_data / "pku_saferlhf" / "pku_seferlhf_realign_dpo_5k.json").read_text()
+    )
+    rows = [*real[:30], real[0], real[1]]  # two exact duplicates
+    rows += [
+        {"prompt": real[2]["prompt"], "response": ["same", "same"]},
+        "{not json",
+    ]  # two bad rows
+    safety = write_jsonl(tmp_path / "realign_subset.jsonl", rows)
+    helpful = write_jsonl(
+        tmp_path / "uf.jsonl",
+        [
+            {
+                "prompt": f"Give me tip number {i} for baking bread.",
+                "chosen": [
+                    {"role": "user", "content": f"Give me tip number {i} for baking bread."},
+                    {"role": "assistant", "content": f"Tip {i}: let the dough rest."},
+                ],
+                "rejected": [
+                    {"role": "user", "content": f"Give me tip number {i} for baking bread."},
+                    {"role": "assistant", "content": "Bake it."},
+                ],
+                "score_chosen": 8.0,
+                "score_rejected": 3.0,
+            }
+            for i in range(6)
+        ],
+    )
+    pku = shared_data / "pku_saferlhf" / "pku_saferlhf_alpaca7b_test_sample.jsonl"
+    return safety, pku, helpful
+
+
+def make_config(tmp_path, model_dir, safety, pku, helpful, **extra):
+    overrides = [
+        f"data.sources=[{{path: '{safety}'}}, {{path: '{pku}', preference: safety}}]",
+        f"data.helpfulness_sources=[{{path: '{helpful}'}}]",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"model.name_or_path={model_dir}",
+        "data.max_length=96",
+        "data.max_prompt_length=48",
+        "data.eval_fraction=0.2",
+        "data.max_invalid_fraction=0.1",
+        "data.tokenize_concurrency=1",
+        "data.ref_batch_size=16",
+        "loss.name=safedpo",
+        *[f"{k}={v}" for k, v in extra.items()],
+    ]
+    return load_config(None, overrides)
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end_scores_once_and_reuses_the_cache(
+    ray_local, tiny_model_dir, sources, tmp_path
+):
+    safety, pku, helpful = sources
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "ref-model")
+    cfg = make_config(tmp_path, model_dir, safety, pku, helpful)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    out = tmp_path / "out"
+
+    first = prepare_datasets(cfg, tokenizer, output_dir=out)
+    stats = first.stats
+    assert stats["cache"] == "miss" and stats["ref_cache"] == "miss"
+    assert stats["validation"]["rows"] == 34 + 2 + 6 and stats["validation"]["rejected"] == 2
+    assert stats["validation"]["reasons"] == {"identical_responses": 1, "unparseable_row": 1}
+    assert stats["duplicates"] == 2
+    assert stats["formats"] == {
+        "realign_subset": "safe_unsafe_pairs",
+        "pku_saferlhf_alpaca7b_test_sample": "pku_saferlhf",
+        "uf": "ultrafeedback_binarized",
+    }
+    counts = stats["transform"]["safedpo"]
+    assert counts["kept"] + counts["swapped"] + counts["dropped"] == 30 + 2 + 6
+    rows = stats["rows"]
+    assert rows["helpfulness"] == 6 and rows["train"] + rows["eval"] == 32 - counts["dropped"]
+    assert rows["eval"] > 0 and rows["train"] > rows["eval"]
+    rejects = pq.read_table(out / "rejects.parquet").to_pylist()
+    assert sorted(r["row"] for r in rejects) == [32, 33] and all(
+        r["file"] == str(safety) for r in rejects
+    )
+    assert json.loads((out / "data_summary.json").read_text())["rows"] == rows
+
+    train_ds, eval_ds, helpful_ds = (
+        d.materialize() for d in (first.train, first.eval, first.helpfulness)
+    )
+    train, evals = train_ds.take_all(), eval_ds.take_all()
+    assert len(train) == rows["train"] and len(evals) == rows["eval"]
+    assert not {r["id"] for r in train} & {r["id"] for r in evals}  # split by id hash
+    assert all(r["chosen_safe"] for r in train)  # SafeDPO: the safe response is always chosen here
+    row = train[0]
+    assert all(
+        math.isfinite(row[k]) and row[k] < 0 for k in ("ref_chosen_logps", "ref_rejected_logps")
+    )
+
+    # The cached log-probs are what the reference model gives.
+    from rayalign.logprobs import sequence_logps
+    from rayalign.models import load_model
+
+    model = load_model(ModelConfig(name_or_path=str(model_dir))).eval()
+    ids = torch.tensor([list(row["chosen_input_ids"])])
+    with torch.no_grad():
+        expected = sequence_logps(
+            model, ids, torch.ones_like(ids), torch.tensor([list(row["chosen_labels"])])
+        )
+    assert row["ref_chosen_logps"] == pytest.approx(float(expected[0]), abs=1e-3)
+
+    # BFPO buffered mixing: equal-size steps whatever the sizes (train > helpfulness here).
+    steps = list(buffered_batches(train_ds, helpful_ds, batch_size=2))
+    assert len(steps) == rows["train"] // 2
+    assert all(len(s["id"]) == len(h["id"]) == 2 for s, h in steps)
+
+    # Second run: break the reference model's config so that instantiating the scoring
+    # actor would fail; the cache must make that stage never run.
+    (model_dir / "config.json").write_text("{broken")
+    second = prepare_datasets(cfg, tokenizer, output_dir=tmp_path / "out2")
+    assert second.stats["cache"] == "hit" and second.stats["ref_cache"] == "hit"
+    assert second.path == first.path and second.stats["rows"] == rows
+    assert sorted(r["ref_chosen_logps"] for r in second.train.take_all()) == sorted(
+        r["ref_chosen_logps"] for r in train
+    )
+    assert pq.read_table(tmp_path / "out2" / "rejects.parquet").num_rows == 2
+
+
+def test_pipeline_stops_above_the_invalid_threshold(ray_local, tiny_model_dir, tmp_path):
+    bad = write_jsonl(
+        tmp_path / "mostly_bad.jsonl",
+        [
+            {
+                "prompt": "Hi",
+                "chosen": "Hello",
+                "rejected": "Bye",
+                "chosen_safe": True,
+                "rejected_safe": False,
+            },
+            {
+                "prompt": "Hi",
+                "chosen": "",
+                "rejected": "Bye",
+                "chosen_safe": True,
+                "rejected_safe": False,
+            },
+            {
+                "prompt": "Hi",
+                "chosen": "Hey",
+                "rejected": "Bye",
+                "chosen_safe": "unsure",
+                "rejected_safe": False,
+            },
+        ],
+    )
+    cfg = load_config(
+        None,
+        [
+            f"data.sources=[{{path: '{bad}'}}]",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "data.precompute_ref_logps=false",
+            "data.max_invalid_fraction=0.5",
+        ],
+    )
+    with pytest.raises(UserError) as info:
+        prepare_datasets(
+            cfg, AutoTokenizer.from_pretrained(tiny_model_dir), output_dir=tmp_path / "out"
+        )
+    message = str(info.value)
+    assert str(bad) in message and "row 1" in message and "field 'chosen'" in message
+    assert pq.read_table(tmp_path / "out" / "rejects.parquet").num_rows == 2

@@ -1,0 +1,153 @@
+"""Every validation rule, the rejects file, the threshold message and the validate CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from rayalign.cli import main
+from rayalign.config import DataSource
+from rayalign.data.schema import check_label, check_text, pair_id
+from rayalign.data.validate import ValidationSummary, validate_source
+from rayalign.errors import UserError
+
+
+def real_pair(shared_data, index: int = 0) -> dict:
+    rows = json.loads(
+        (shared_data / "pku_saferlhf" / "pku_seferlhf_realign_dpo_5k.json").read_text()
+    )
+    return rows[index]
+
+
+def test_text_and_label_rules_are_pure_functions():
+    assert check_text(None) == "missing_field"
+    assert check_text(3) == "wrong_type"
+    assert check_text("  \n") == "empty_field"
+    assert check_text("bad \udcff byte") == "undecodable_text"
+    assert check_text("mojibake \ufffd") == "undecodable_text"
+    assert check_text("fine") is None
+    assert [check_label(v) for v in (True, 0, "false", "TRUE")] == [None] * 4
+    assert check_label("maybe") == check_label(2) == "non_boolean_label"
+    assert check_label(None) == "missing_field"
+
+
+def test_pair_id_is_a_stable_content_hash():
+    a = pair_id("p", "c", "r", True, False)
+    assert a == pair_id("p", "c", "r", True, False) and len(a) == 32
+    assert a != pair_id("p", "r", "c", True, False) and a != pair_id("p", "c", "r", True, True)
+    assert pair_id("ab", "c", "r", True, True) != pair_id("a", "bc", "r", True, True)
+
+
+@pytest.fixture()
+def bad_file(shared_data, tmp_path):
+    """Real PKU-SafeRLHF pairs (safe_unsafe_pairs format) broken in every way a file can be."""
+    good = [real_pair(shared_data, i) for i in range(6)]
+    p0 = good[0]["prompt"]
+    lines = [json.dumps(r) for r in good]
+    lines += [
+        json.dumps({"prompt": p0}),  # 6: no response at all
+        json.dumps({"prompt": "", "response": good[1]["response"]}),  # 7: empty prompt
+        json.dumps({"prompt": 42, "response": good[1]["response"]}),  # 8: number as prompt
+        json.dumps({"prompt": p0, "response": [good[1]["response"][0]] * 2}),  # 9: identical
+        json.dumps({"prompt": p0, "response": "just one string"}),  # 10: not a pair
+        json.dumps({"prompt": p0, "response": ["a", "b", "c"]}),  # 11: three responses
+        '{"prompt": "broken json", "response": [',  # 12: unparseable
+        "",  # 13: blank lines are skipped but keep the numbering
+        json.dumps({"prompt": p0, "response": [None, "b"]}),  # 14: null response
+    ]
+    data = (
+        "\n".join(lines).encode() + b'\n{"prompt": "caf\xe9 latin-1", "response": ["a", "b"]}\n'
+    )  # 15
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(data)
+    return path
+
+
+def test_bad_input_goes_to_rejects_with_counts(bad_file, tmp_path):
+    rejects_path = tmp_path / "out" / "rejects.parquet"
+    summary = validate_source(DataSource(path=str(bad_file)), rejects_path)
+    assert summary["rows"] == 15 and summary["valid"] == 6 and summary["rejected"] == 9
+    assert summary["reasons"] == {
+        "empty_field": 1,
+        "identical_responses": 1,
+        "invalid_preference": 1,
+        "missing_field": 2,
+        "undecodable_text": 1,
+        "unparseable_row": 1,
+        "wrong_type": 2,
+    }
+    rejects = pq.read_table(rejects_path).to_pylist()
+    by_row = {r["row"]: r for r in rejects}
+    assert set(by_row) == {6, 7, 8, 9, 10, 11, 12, 14, 15}
+    assert all(r["file"] == str(bad_file) for r in rejects)
+    assert (by_row[8]["reason"], by_row[8]["field"]) == ("wrong_type", "prompt")
+    assert json.loads(by_row[8]["original"])["prompt"] == 42  # original values are kept
+    assert (by_row[9]["reason"], by_row[9]["field"]) == ("identical_responses", "response[1]")
+    assert by_row[12]["reason"] == "unparseable_row" and "broken json" in by_row[12]["original"]
+    assert (by_row[14]["reason"], by_row[14]["field"]) == ("missing_field", "response[0]")
+    assert (by_row[15]["reason"], by_row[15]["field"]) == ("undecodable_text", "prompt")
+    assert by_row[10]["reason"] == "wrong_type" and by_row[11]["reason"] == "invalid_preference"
+
+
+def test_non_boolean_labels_in_csv(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_text(
+        "prompt,chosen,rejected,chosen_safe,rejected_safe\n"
+        "Hi,Hello,Go away,true,0\n"
+        "Hi,Hello,Nope,yes please,false\n"
+    )
+    summary = validate_source(DataSource(path=str(path)), tmp_path / "r.parquet")
+    assert (summary["valid"], summary["reasons"]) == (1, {"non_boolean_label": 1})
+    reject = pq.read_table(tmp_path / "r.parquet").to_pylist()[0]
+    assert (reject["row"], reject["field"]) == (1, "chosen_safe")
+
+
+def test_threshold_error_names_file_row_and_field(bad_file, tmp_path):
+    summary = ValidationSummary()
+    validate_source(DataSource(path=str(bad_file)), tmp_path / "r.parquet")
+    summary.add(15, pq.read_table(tmp_path / "r.parquet"))
+    summary.check_threshold(0.7)  # 60% invalid: under the limit, no error
+    with pytest.raises(UserError) as info:
+        summary.check_threshold(0.05, str(tmp_path / "r.parquet"))
+    message = str(info.value)
+    assert str(bad_file) in message and "row 6" in message and "field 'response'" in message
+    assert "9 of 15 rows" in message and "r.parquet" in message
+
+
+def test_validate_cli_prints_one_json_object(bad_file, tmp_path, capsys):
+    rejects = tmp_path / "cli" / "rejects.parquet"
+    assert main(["data", "validate", str(bad_file), "--rejects", str(rejects)]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out)
+    assert {"rows", "valid", "rejected", "reasons"} <= set(summary) and summary["rejected"] == 9
+    assert pq.read_table(rejects).num_rows == 9
+    assert main(["data", "validate", str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_hub_id_offline_fails_fast_with_a_plain_message(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rayalign.cli",
+            "data",
+            "validate",
+            "some-org/some-preferences",
+            "--rejects",
+            str(tmp_path / "r.parquet"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "Hugging Face Hub is not reachable" in result.stderr and "offline" in result.stderr
+    assert "Traceback" not in result.stderr

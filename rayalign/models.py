@@ -84,8 +84,25 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
         tmp.replace(target)
 
 
+#: Built-in tiny random model (test configs and CI): built offline on first use.
+TINY_MODEL_NAME = "tiny-random-llama"
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """A built-in name becomes its cached safetensors folder; paths and hub ids pass through."""
+    if name_or_path == TINY_MODEL_NAME:
+        target = cache_dir() / "models" / TINY_MODEL_NAME
+        if not (target / "config.json").is_file():
+            from filelock import FileLock
+
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(target) + ".lock"):
+                if not (target / "config.json").is_file():
+                    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    build_tiny_model(tmp)
+                    tmp.replace(target)
+        return str(target)
     if name_or_path in BUILTIN_MODELS:
         target = cache_dir() / "models" / name_or_path
         if not (target / "config.json").is_file():

@@ -1,0 +1,354 @@
+"""The per-worker training loop: read :func:`train` top to bottom to know what a run does.
+
+Ray Train calls :func:`train_loop_per_worker` in every worker; benchmarks and unit
+tests call :func:`train` directly with a :class:`~rayalign.train.runtime.LocalRuntime`.
+The maths lives elsewhere (``losses.py``, ``logprobs.py``); the pieces here only wire
+model, data, DeepSpeed, checkpoints and metrics together.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rayalign.config import Config
+from rayalign.errors import UserError
+from rayalign.logprobs import sequence_logps
+from rayalign.losses import preference_loss, preference_metrics
+from rayalign.train.checkpoint import (
+    DEEPSPEED_DIR,
+    DEEPSPEED_TAG,
+    METRICS_FILE,
+    TrainerState,
+    load_worker_state,
+    save_trainer_state,
+    save_worker_state,
+)
+from rayalign.train.collate import collate_pairs, padding_fraction, stream_batches
+from rayalign.train.runtime import RayTrainRuntime, Runtime, fresh_checkpoint_dir
+
+#: Batches buffered and sorted together by length grouping.
+LENGTH_GROUP_WINDOW = 16
+
+
+class NonFiniteLossError(UserError):
+    """The loss became NaN/inf; weights were not updated with it."""
+
+
+class SequenceLogpsModel(nn.Module):
+    """What DeepSpeed wraps: the causal LM, returning response log-probs per row.
+
+    Going through ``engine(...)`` (not the bare module) keeps DeepSpeed's forward hooks
+    (ZeRO-3 gathering, gradient-accumulation scaling) in play.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, labels):  # type: ignore[override]
+        return sequence_logps(self.model, input_ids, attention_mask, labels)
+
+
+class ReferenceLogps:
+    """Reference log-probs when the data carries none: the LoRA base with the adapter
+    disabled (no second model in memory), else a frozen copy loaded on first use."""
+
+    def __init__(self, cfg: Config, policy: nn.Module, device: torch.device) -> None:
+        self.cfg, self.policy, self.device = cfg, policy, device
+        self.frozen: nn.Module | None = None
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        if "ref_chosen_logps" in batch:
+            return batch["ref_chosen_logps"], batch["ref_rejected_logps"]
+        args = (batch["input_ids"], batch["attention_mask"], batch["labels"])
+        if self.cfg.model.lora is not None:
+            with self.policy.disable_adapter():
+                logps = sequence_logps(self.policy, *args)
+        else:
+            if self.frozen is None:
+                from rayalign.models import load_model
+
+                self.frozen = load_model(self.cfg.model, device=str(self.device)).eval()
+                self.frozen.requires_grad_(False)
+            logps = sequence_logps(self.frozen, *args)
+        half = logps.shape[0] // 2
+        return logps[:half], logps[half:]
+
+
+def epoch_batches(
+    runtime: Runtime, cfg: Config, epoch: int, pad_token_id: int
+) -> Iterator[dict[str, Any]]:
+    """This worker's collated micro-batches for one epoch, in a deterministic order.
+
+    BFPO buffered mode: the safety and the helpfulness stream are read in lock-step and
+    each micro-batch holds ``batch_size`` pairs of each; the epoch ends with the shorter.
+    """
+    t = cfg.train
+
+    def stream(name: str) -> Iterator[list[dict[str, Any]]]:
+        blocks = runtime.shard(name).iter_batches(
+            batch_size=t.batch_size * LENGTH_GROUP_WINDOW, batch_format="numpy", prefetch_batches=2
+        )
+        seed = f"{t.seed}:{epoch}:{runtime.rank}:{name}"
+        return stream_batches(
+            blocks, t.batch_size, window=LENGTH_GROUP_WINDOW, length_grouping=t.length_grouping,
+            seed=seed,  # type: ignore[arg-type]
+        )
+
+    safety = stream("train")
+    if runtime.shard("helpfulness") is None:
+        for rows in safety:
+            yield collate_pairs(rows, pad_token_id)
+    else:
+        for rows, helpful in zip(safety, stream("helpfulness"), strict=False):
+            yield collate_pairs(rows + helpful, pad_token_id)
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _all_reduce(values: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(values, op=getattr(dist.ReduceOp, op.upper()))
+    return values
+
+
+def _gather_ids(ids: list[str]) -> list[str]:
+    import torch.distributed as dist
+
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return ids
+    gathered: list[list[str]] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(gathered, ids)
+    return [i for part in gathered for i in part]
+
+
+def train(
+    cfg: Config,
+    runtime: Runtime,
+    *,
+    steps_per_epoch: int,
+    output_dir: str | Path | None = None,
+    export: bool = True,
+) -> dict[str, Any]:
+    """Train one worker's share of the run; returns the last step's metrics."""
+    t = cfg.train
+    rank = runtime.rank
+    on_gpu = t.use_gpu and torch.cuda.is_available()
+    if not on_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
+    from rayalign.models import (
+        apply_lora,
+        apply_selective_unfreeze,
+        load_model,
+        load_tokenizer,
+        resolve_dtype,
+    )
+    from rayalign.train.engine import deepspeed_config, make_scheduler
+    from rayalign.train.export import export_model
+
+    device = torch.device(f"cuda:{torch.cuda.current_device()}" if on_gpu else "cpu")
+    torch.manual_seed(t.seed)  # same LoRA init on every rank
+    total_steps = t.max_steps or t.epochs * steps_per_epoch
+    if steps_per_epoch <= 0 or total_steps <= 0:
+        raise UserError(
+            f"no training steps: {steps_per_epoch} steps per epoch (too few pairs per worker "
+            f"for batch_size={t.batch_size} x gradient_accumulation_steps="
+            f"{t.gradient_accumulation_steps} x num_workers={runtime.world_size})"
+        )
+    micro_per_epoch = steps_per_epoch * t.gradient_accumulation_steps
+
+    # --- 1. model: policy (+ LoRA or selective unfreeze), reference log-probs
+    tokenizer = load_tokenizer(cfg.model)
+    model = load_model(cfg.model, device=str(device))
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.model.lora is not None:
+        model = apply_lora(model, cfg.model.lora)
+    elif cfg.model.trainable_modules is not None:
+        apply_selective_unfreeze(model, cfg.model.trainable_modules)
+    reference = ReferenceLogps(cfg, model, device)
+
+    # --- 2. DeepSpeed engine: ZeRO stage, offload, accumulation, clipping, LR schedule
+    dtype = str(resolve_dtype(cfg.model, str(device))).removeprefix("torch.")
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=SequenceLogpsModel(model),
+        model_parameters=[p for p in model.parameters() if p.requires_grad],
+        config=deepspeed_config(t, world_size=runtime.world_size, dtype=dtype, on_gpu=on_gpu),
+        lr_scheduler=lambda optimizer: make_scheduler(optimizer, t, total_steps),
+        dist_init_required=False,
+    )
+
+    # --- 3. resume: weights, optimizer, scheduler, data position, RNG, metrics log
+    metrics_log = Path(output_dir) / METRICS_FILE if output_dir is not None and rank == 0 else None
+    state = TrainerState()
+    with runtime.latest_checkpoint() as checkpoint:
+        if checkpoint is not None:
+            engine.load_checkpoint(str(checkpoint / DEEPSPEED_DIR), tag=DEEPSPEED_TAG)
+            state = load_worker_state(checkpoint, rank)
+            state.resumed_from.append(state.step)
+            if rank == 0:
+                print(f"[rayalign] resumed from checkpoint at step {state.step}")
+            if metrics_log is not None:
+                metrics_log.parent.mkdir(parents=True, exist_ok=True)
+                saved = checkpoint / METRICS_FILE
+                metrics_log.write_bytes(saved.read_bytes() if saved.is_file() else b"")
+        elif metrics_log is not None:
+            metrics_log.parent.mkdir(parents=True, exist_ok=True)
+            metrics_log.write_text("")
+
+    def save_checkpoint(metrics: dict[str, Any], with_export: bool) -> None:
+        directory = fresh_checkpoint_dir()
+        engine.save_checkpoint(str(directory / DEEPSPEED_DIR), tag=DEEPSPEED_TAG)
+        save_worker_state(directory, rank, state)
+        if with_export:
+            export_model(engine, cfg, tokenizer, directory / "export", is_writer=rank == 0)
+        if rank == 0:
+            save_trainer_state(directory, state, metrics_log)
+        runtime.report(metrics, checkpoint_dir=directory)
+        shutil.rmtree(directory, ignore_errors=True)
+
+    tensorboard = None
+    if t.tensorboard and metrics_log is not None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            raise UserError("train.tensorboard needs the tensorboard package") from exc
+        tensorboard = SummaryWriter(str(metrics_log.parent / "tensorboard"), purge_step=state.step + 1)
+
+    # --- 4. the loop: micro-batches -> optimizer steps -> metrics -> checkpoints
+    engine.train()
+    last: dict[str, Any] = {"step": state.step}
+    sums: dict[str, torch.Tensor] = {}
+    tokens = slots = micro = 0
+    step_ids: list[str] = []
+    step_start = time.perf_counter()
+    while state.step < total_steps:
+        steps_before = state.step
+        batches = epoch_batches(runtime, cfg, state.epoch, tokenizer.pad_token_id)
+        for index, batch in enumerate(batches):
+            if index >= micro_per_epoch or state.step >= total_steps:
+                break
+            if index < state.micro_batches_in_epoch:
+                continue  # trained on before the checkpoint we resumed from
+            batch = _to_device(batch, device)
+            policy_logps = engine(batch["input_ids"], batch["attention_mask"], batch["labels"])
+            half = policy_logps.shape[0] // 2
+            policy_chosen, policy_rejected = policy_logps[:half], policy_logps[half:]
+            ref_chosen, ref_rejected = reference(batch)
+            safety = (batch["chosen_safe"], batch["rejected_safe"])
+            losses = preference_loss(
+                cfg.loss.name, policy_chosen, policy_rejected, ref_chosen, ref_rejected, *safety,
+                beta=cfg.loss.beta, delta=cfg.loss.delta, b1=cfg.loss.b1, alpha=cfg.loss.alpha,
+            )
+            loss = losses.mean()
+            state.micro_batches_in_epoch = index + 1
+            finite = _all_reduce(torch.isfinite(loss.detach()).float().reshape(1), "min")
+            if finite.item() < 1.0:
+                where = f"step {state.step + 1} (epoch {state.epoch}, micro-batch {index})"
+                if t.on_nonfinite == "error":
+                    raise NonFiniteLossError(
+                        f"non-finite loss at {where}; weights were not updated. Lower "
+                        "train.learning_rate, check the data, or set train.on_nonfinite=skip"
+                    )
+                state.skipped_nonfinite += 1
+                print(f"[rayalign] skipping micro-batch with non-finite loss at {where}")
+                continue
+            engine.backward(loss)
+            metrics = preference_metrics(
+                policy_chosen, policy_rejected, ref_chosen, ref_rejected, *safety, beta=cfg.loss.beta
+            )
+            metrics["loss"] = loss.detach()
+            for key, value in metrics.items():
+                value = torch.nan_to_num(value.float(), nan=0.0)
+                sums[key] = sums.get(key, torch.zeros((), device=device)) + value
+            tokens, slots, micro = tokens + batch["num_tokens"], slots + batch["num_slots"], micro + 1
+            step_ids += batch["ids"]
+            lr = scheduler.get_last_lr()[0]
+            engine.step()  # optimizer step only at accumulation boundaries
+            if micro % t.gradient_accumulation_steps:
+                continue
+
+            # one optimizer step done: aggregate metrics over micro-batches and workers
+            state.step += 1
+            state.pairs_seen += len(step_ids) * runtime.world_size
+            names = sorted(sums)
+            counts = torch.tensor([float(tokens), float(slots)], device=device)
+            reduced = _all_reduce(torch.cat([torch.stack([sums[n] / micro for n in names]), counts]))
+            elapsed = time.perf_counter() - step_start
+            last = {n: float(reduced[i]) / runtime.world_size for i, n in enumerate(names)}
+            grad_norm = engine.get_global_grad_norm()
+            last.update(
+                step=state.step,
+                epoch=state.epoch,
+                lr=lr,
+                grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
+                tokens_per_s=float(reduced[-2]) / elapsed,
+                pairs_per_s=len(step_ids) * runtime.world_size / elapsed,
+                padding_fraction=padding_fraction(int(reduced[-2]), int(reduced[-1])),
+                pairs_seen=state.pairs_seen,
+            )
+            if t.log_pair_ids:
+                last["pair_ids"] = _gather_ids(step_ids)
+            if metrics_log is not None:
+                with metrics_log.open("a") as handle:
+                    handle.write(json.dumps(last) + "\n")
+            if tensorboard is not None:
+                for key, value in last.items():
+                    if isinstance(value, float):
+                        tensorboard.add_scalar(key, value, state.step)
+            final = state.step >= total_steps
+            if final:
+                save_checkpoint(last, with_export=export)
+            elif state.step % t.checkpoint_every == 0:
+                save_checkpoint(last, with_export=False)
+            elif state.step % t.log_every == 0:
+                runtime.report({k: v for k, v in last.items() if k != "pair_ids"})
+            if rank == 0 and (state.step % t.log_every == 0 or final):
+                print(
+                    f"[rayalign] step {state.step}/{total_steps} loss {last['loss']:.4f} "
+                    f"acc {last['rewards/accuracy']:.2f} margin {last['rewards/margins']:.3f} "
+                    f"lr {lr:.2e} {last['tokens_per_s']:.0f} tok/s"
+                )
+            sums, tokens, slots, micro, step_ids = {}, 0, 0, 0, []
+            step_start = time.perf_counter()
+        if state.step == steps_before and state.micro_batches_in_epoch == 0:
+            raise UserError(f"epoch {state.epoch} gave this worker no batches: no training data")
+        if state.step == steps_before and state.skipped_nonfinite:
+            raise NonFiniteLossError(
+                f"every micro-batch of epoch {state.epoch} had a non-finite loss "
+                f"({state.skipped_nonfinite} skipped in total); nothing was trained"
+            )
+        if state.step < total_steps:  # this epoch's data is used up
+            state.epoch += 1
+            state.micro_batches_in_epoch = 0
+    if not math.isfinite(last.get("loss", 0.0)):
+        raise NonFiniteLossError(f"non-finite loss at step {state.step}")
+    return last
+
+
+def train_loop_per_worker(payload: dict[str, Any]) -> None:
+    """Ray Train entry point: rebuild the config and run :func:`train` in this worker."""
+    cfg = Config.model_validate(payload["config"])
+    train(
+        cfg,
+        RayTrainRuntime(),
+        steps_per_epoch=payload["steps_per_epoch"],
+        output_dir=payload.get("output_dir"),
+    )

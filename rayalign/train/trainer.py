@@ -1,0 +1,232 @@
+"""Build and run the Ray Train ``TorchTrainer`` for a config; collect its outputs.
+
+The driver side of training: it sizes the run (steps per epoch from the row counts),
+wires scaling, storage, checkpoint retention and the failure policy, hands each worker
+its streaming shard, and afterwards copies the export, the metrics log and a summary
+into the output directory. Re-running with the same ``train.storage_path`` and
+``train.name`` resumes from the latest checkpoint (Ray Train restores the run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rayalign.config import Config, TrainConfig
+from rayalign.errors import UserError
+from rayalign.train.checkpoint import METRICS_FILE, STATE_FILE
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    metrics: dict[str, Any]
+    checkpoint_path: str | None
+    model_dir: Path | None
+    adapter_dir: Path | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def output_dir_for(cfg: Config) -> Path:
+    """Where a run writes: ``train.output_dir/train.name``."""
+    return Path(cfg.train.output_dir).expanduser().resolve() / cfg.train.name
+
+
+def storage_path_for(cfg: Config) -> str:
+    """Ray Train storage: ``train.storage_path`` or ``<output dir>/ray`` locally."""
+    if cfg.train.storage_path:
+        path = cfg.train.storage_path
+        return path if "://" in path else str(Path(path).expanduser().resolve())
+    return str(output_dir_for(cfg) / "ray")
+
+
+def steps_per_epoch(row_counts: dict[str, int], train: TrainConfig) -> int:
+    """Optimizer steps per epoch when each stream is split equally over the workers.
+
+    BFPO buffered mode reads both streams in lock-step, so the shorter one decides.
+    """
+    rows_per_worker = min(row_counts.values()) // train.num_workers
+    return rows_per_worker // train.batch_size // train.gradient_accumulation_steps
+
+
+def build_trainer(
+    cfg: Config,
+    datasets: dict[str, Any],
+    *,
+    steps: int,
+    output_dir: Path,
+    worker_env: dict[str, str] | None = None,
+):
+    """The ``TorchTrainer`` for ``cfg``: one DeepSpeed worker per ``train.num_workers``."""
+    import ray.train
+    from ray.data import ExecutionOptions
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from rayalign.train.loop import train_loop_per_worker
+
+    t = cfg.train
+    env = {"RAYALIGN_CACHE": os.environ["RAYALIGN_CACHE"]} if "RAYALIGN_CACHE" in os.environ else {}
+    if not t.use_gpu:
+        env["DS_ACCELERATOR"] = "cpu"
+    env.update(worker_env or {})
+    resources = t.resources_per_worker or ({"CPU": 1, "GPU": 1} if t.use_gpu else {"CPU": 1})
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": cfg.model_dump(mode="json"),
+            "steps_per_epoch": steps,
+            "output_dir": str(output_dir),
+        },
+        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=t.num_workers,
+            use_gpu=t.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=t.placement_strategy,
+        ),
+        run_config=ray.train.RunConfig(
+            name=t.name,
+            storage_path=storage_path_for(cfg),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            worker_runtime_env={"env_vars": env},
+        ),
+        datasets=datasets,
+        # Deterministic per-worker row order: what makes "skip N batches" an exact resume.
+        dataset_config=ray.train.DataConfig(
+            datasets_to_split="all", execution_options=ExecutionOptions(preserve_order=True)
+        ),
+    )
+
+
+def _user_error_in(exc: BaseException) -> UserError | None:
+    """The first UserError in an exception's cause chain (workers wrap ours)."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [exc]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, UserError):
+            return current
+        stack += [e for e in (current.__cause__, current.__context__) if e is not None]
+        for attr in ("worker_failures", "_worker_failures"):
+            failures = getattr(current, attr, None)
+            if isinstance(failures, dict):
+                stack += list(failures.values())
+    text = str(exc)
+    for name in ("NonFiniteLossError", "UserError"):
+        if name + ":" in text:
+            return UserError(text[text.index(name) + len(name) + 1 :].strip().splitlines()[0])
+    return None
+
+
+def prepare_training_data(cfg: Config, output_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The data pipeline's Ray Datasets for training (train + optional helpfulness)."""
+    from rayalign.data.pipeline import prepare_datasets
+    from rayalign.models import load_tokenizer
+
+    prepared = prepare_datasets(
+        cfg, load_tokenizer(cfg.model), output_dir=output_dir / "data", ref_model_cfg=cfg.model
+    )
+    datasets = {"train": prepared.train}
+    if prepared.helpfulness is not None:
+        datasets["helpfulness"] = prepared.helpfulness
+    return datasets, dict(prepared.stats or {})
+
+
+def run_training(
+    cfg: Config,
+    *,
+    datasets: dict[str, Any] | None = None,
+    worker_env: dict[str, str] | None = None,
+    verbose: bool = True,
+) -> TrainResult:
+    """Train ``cfg`` on Ray (already initialised by the caller) and gather the outputs."""
+    import ray.train
+
+    out = output_dir_for(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "config.yaml")
+    data_stats: dict[str, Any] = {}
+    if datasets is None:
+        datasets, data_stats = prepare_training_data(cfg, out)
+    known = data_stats.get("rows", {})  # the pipeline counted its splits already
+    row_counts = {name: known.get(name) or ds.count() for name, ds in datasets.items()}
+    steps = steps_per_epoch(row_counts, cfg.train)
+    if steps <= 0:
+        raise UserError(
+            f"too few pairs ({row_counts}) for num_workers={cfg.train.num_workers} x "
+            f"batch_size={cfg.train.batch_size} x "
+            f"gradient_accumulation_steps={cfg.train.gradient_accumulation_steps}"
+        )
+    total = cfg.train.max_steps or cfg.train.epochs * steps
+    if verbose:
+        print(
+            f"[rayalign] training {cfg.model.name_or_path} with {cfg.loss.name} on {row_counts} pairs: "
+            f"{total} steps x {cfg.train.num_workers} worker(s), ZeRO-{cfg.train.zero_stage}\n"
+            f"[rayalign] outputs: {out}\n[rayalign] checkpoints: {storage_path_for(cfg)}/{cfg.train.name}"
+        )
+    trainer = build_trainer(cfg, datasets, steps=steps, output_dir=out, worker_env=worker_env)
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        user_error = _user_error_in(exc)
+        if user_error is not None:
+            raise user_error from exc
+        raise
+    return collect_outputs(cfg, out, result, data_stats)
+
+
+def collect_outputs(cfg: Config, out: Path, result: Any, data_stats: dict[str, Any]) -> TrainResult:
+    """Copy export + metrics from the final checkpoint into ``out``; write the summary."""
+    model_dir = adapter_dir = None
+    history: list[dict[str, Any]] = []
+    checkpoint = result.checkpoint
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            directory = Path(directory)
+            for name in ("model", "adapter"):
+                source = directory / "export" / name
+                if source.is_dir():
+                    target = out / name
+                    shutil.rmtree(target, ignore_errors=True)
+                    shutil.copytree(source, target)
+                    model_dir = target if name == "model" else model_dir
+                    adapter_dir = target if name == "adapter" else adapter_dir
+            if (directory / METRICS_FILE).is_file():
+                shutil.copyfile(directory / METRICS_FILE, out / METRICS_FILE)
+            state = json.loads((directory / STATE_FILE).read_text())
+    else:
+        state = {}
+    if (out / METRICS_FILE).is_file():
+        history = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines() if line]
+    metrics = {k: v for k, v in (result.metrics or {}).items() if k != "pair_ids"}
+    summary = {
+        "loss": cfg.loss.name,
+        "model": cfg.model.name_or_path,
+        "steps": state.get("step"),
+        "pairs_seen": state.get("pairs_seen"),
+        "skipped_nonfinite": state.get("skipped_nonfinite"),
+        "resumed_from": state.get("resumed_from", []),
+        "first_loss": history[0]["loss"] if history else None,
+        "final": metrics,
+        "checkpoint": checkpoint.path if checkpoint is not None else None,
+        "model_dir": str(model_dir) if model_dir else None,
+        "adapter_dir": str(adapter_dir) if adapter_dir else None,
+        "data": data_stats,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return TrainResult(
+        output_dir=out,
+        metrics=metrics,
+        checkpoint_path=summary["checkpoint"],
+        model_dir=model_dir,
+        adapter_dir=adapter_dir,
+        history=history,
+    )

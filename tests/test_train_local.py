@@ -1,0 +1,74 @@
+"""The training loop in-process (LocalRuntime: real DeepSpeed, one gloo rank, no Ray Train)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from train_support import separable_pairs
+
+from rayalign.config import Config
+from rayalign.models import load_tokenizer
+from rayalign.train.loop import NonFiniteLossError, train
+from rayalign.train.runtime import LocalRuntime, init_local_process_group
+
+
+class ListShard:
+    """Ray Data's ``iter_batches`` shape over a list of rows."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def iter_batches(self, *, batch_size, batch_format="numpy", prefetch_batches=0):
+        import numpy as np
+
+        for i in range(0, len(self.rows), batch_size):
+            chunk = self.rows[i : i + batch_size]
+            out = {}
+            for key in chunk[0]:
+                col = np.empty(len(chunk), dtype=object)
+                col[:] = [r[key] for r in chunk]
+                out[key] = col
+            yield out
+
+
+def _cfg(model_dir, on_nonfinite: str) -> Config:
+    return Config.model_validate({
+        "model": {"name_or_path": str(model_dir)},
+        "loss": {"name": "dpo", "beta": 0.1},
+        "train": {"zero_stage": 0, "batch_size": 4, "learning_rate": 1e-3, "warmup_ratio": 0,
+                  "checkpoint_every": 1000, "length_grouping": False, "on_nonfinite": on_nonfinite},
+    })
+
+
+@pytest.fixture(scope="module")
+def rows_with_one_bad_reference(tiny_model_dir):
+    tokenizer = load_tokenizer(_cfg(tiny_model_dir, "error").model)
+    rows = separable_pairs(tokenizer, 16)
+    for row in rows:
+        row["ref_chosen_logps"], row["ref_rejected_logps"] = -20.0, -20.0
+    rows[5]["ref_chosen_logps"] = float("nan")  # lands in the second micro-batch
+    init_local_process_group()
+    return rows
+
+
+def test_nonfinite_loss_stops_with_the_step_named(tiny_model_dir, rows_with_one_bad_reference):
+    runtime = LocalRuntime({"train": ListShard(rows_with_one_bad_reference)})
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 2 \(epoch 0"):
+        train(_cfg(tiny_model_dir, "error"), runtime, steps_per_epoch=4, export=False)
+    assert [r["step"] for r in runtime.reports] == []  # nothing reported after step 1 (log_every=10)
+
+
+def test_nonfinite_loss_can_be_skipped(tiny_model_dir, rows_with_one_bad_reference, tmp_path):
+    reports = []
+    runtime = LocalRuntime({"train": ListShard(rows_with_one_bad_reference)},
+                           on_report=lambda m, _: reports.append(m))
+    cfg = _cfg(tiny_model_dir, "skip")
+    cfg.train.max_steps = 3
+    cfg.train.tensorboard = True
+    last = train(cfg, runtime, steps_per_epoch=4, output_dir=tmp_path, export=False)
+    assert last["step"] == 3  # the bad micro-batch did not count as a step
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert all(r["loss"] == r["loss"] for r in reports)  # no NaN reached the metrics

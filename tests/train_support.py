@@ -1,0 +1,63 @@
+"""Tiny tokenized preference data for the training tests (data contract column names)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+SAFE_ANSWERS = [
+    "Sure! Here is a short answer to your question.",
+    "Here's how to write a polite email to your manager.",
+    "Mix flour, water, salt and yeast, then let it rise.",
+]
+UNSAFE_ANSWERS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Numbers: 0 1 2 3 4 5 6 7 8 9",
+]
+
+
+def tokenize_pair(tokenizer, prompt: str, chosen: str, rejected: str) -> dict[str, Any]:
+    """Chat-template prompt + response tokens; labels -100 on the prompt."""
+    prompt_ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+    )
+    if isinstance(prompt_ids, dict) or hasattr(prompt_ids, "keys"):
+        prompt_ids = prompt_ids["input_ids"]
+    prompt_ids = list(prompt_ids)
+    out: dict[str, Any] = {"prompt_length": len(prompt_ids)}
+    for name, text in (("chosen", chosen), ("rejected", rejected)):
+        response = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        out[f"{name}_input_ids"] = prompt_ids + response
+        out[f"{name}_labels"] = [-100] * len(prompt_ids) + response
+    return out
+
+
+def separable_pairs(tokenizer, n: int, *, seed: int = 0, prefix: str = "p") -> list[dict[str, Any]]:
+    """Pairs where chosen is always a 'safe' answer and rejected an 'unsafe' one.
+
+    Prompt lengths vary so length grouping and padding have something to do.
+    """
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        words = " ".join(rng.choice(["how", "do", "I", "bake", "bread", "python", "list"])
+                         for _ in range(rng.randint(2, 12)))
+        chosen, rejected = rng.choice(SAFE_ANSWERS), rng.choice(UNSAFE_ANSWERS)
+        row = {
+            "id": f"{prefix}{i:04d}",
+            "source": "synthetic",
+            "prompt": words,
+            "chosen": chosen,
+            "rejected": rejected,
+            "chosen_safe": True,
+            "rejected_safe": i % 2 == 0,
+        }
+        row.update(tokenize_pair(tokenizer, words, chosen, rejected))
+        rows.append(row)
+    return rows
+
+
+def ray_dataset(rows: list[dict[str, Any]], blocks: int = 4):
+    import ray.data
+
+    return ray.data.from_items(rows, override_num_blocks=blocks)

@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/rayalign toy
+	$(VENV)/bin/rayalign demo
 
 toy: $(STAMP)
 	$(VENV)/bin/rayalign toy

@@ -15,15 +15,17 @@ from rayalign.errors import UserError
 
 #: Sub-command name -> module that registers it, in the order ``--help`` lists them.
 COMMANDS = {
+    "demo": "rayalign.commands.demo",
     "toy": "rayalign.commands.toy",
-    "train": "rayalign.commands.train",
     "data": "rayalign.commands.data",
+    "train": "rayalign.commands.train",
+    "sweep": "rayalign.commands.sweep",
+    "eval": "rayalign.commands.eval",
+    "serve": "rayalign.commands.serve",
+    "redteam": "rayalign.commands.redteam",
     "plan": "rayalign.commands.plan",
     "submit": "rayalign.commands.submit",
     "jobs": "rayalign.commands.jobs",
-    "serve": "rayalign.commands.serve",
-    "eval": "rayalign.commands.eval",
-    "redteam": "rayalign.commands.redteam",
 }
 
 

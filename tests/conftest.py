@@ -33,7 +33,8 @@ def ray_local():
         ray.init(
             address="local",
             num_cpus=4,
-            include_dashboard=False,
+            # Train V2's placement-group watcher needs the State API the dashboard serves.
+            include_dashboard=True,
             log_to_driver=True,
             configure_logging=False,
         )

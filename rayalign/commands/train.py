@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,20 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def init_ray() -> str:
-    """Attach to ``RAY_ADDRESS`` when set; otherwise start a private local Ray."""
-    import ray
-
-    address = os.environ.get("RAY_ADDRESS") or "local"
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, configure_logging=False)
-    return address
-
-
 def run(args: argparse.Namespace) -> int:
     from rayalign.config import load_config
 
     cfg = load_config(args.config, args.overrides)  # fails here, before Ray starts
+    from rayalign.ray_session import init_ray
     from rayalign.train.trainer import output_dir_for, run_training
 
     print(f"[rayalign] config {args.config} is valid; outputs go to {output_dir_for(cfg)}")

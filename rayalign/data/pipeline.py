@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 import uuid
@@ -60,6 +59,7 @@ from rayalign.data.validate import (
     rejected_rows,
 )
 from rayalign.errors import UserError
+from rayalign.ray_session import thread_env
 
 PIPELINE_VERSION = "1"
 SPLIT_COL = "split"
@@ -308,15 +308,9 @@ class RefScorer:
 
 
 def _ensure_ray() -> None:
-    import ray
+    from rayalign.ray_session import init_ray
 
-    if not ray.is_initialized():
-        # Never attach to another process's cluster by accident: local unless RAY_ADDRESS says so.
-        ray.init(
-            address=os.environ.get("RAY_ADDRESS") or "local",
-            include_dashboard=False,
-            configure_logging=False,
-        )
+    init_ray()
 
 
 def _collect(ds: Any, schema: pa.Schema | None = None) -> pa.Table:
@@ -602,6 +596,7 @@ def _build(
                     "use_gpu": d.ref_gpus_per_actor > 0,
                 },
                 compute=ray.data.ActorPoolStrategy(size=d.ref_num_actors),
+                runtime_env={"env_vars": thread_env(d.ref_torch_threads)},
                 num_gpus=d.ref_gpus_per_actor,
             ).materialize()  # frees the scoring actors before the write tasks need a CPU
         final.write_parquet(str(work / "pairs"))

@@ -104,7 +104,7 @@ def generate(
         fn_constructor_kwargs={"endpoint": endpoint, "settings": settings, "threads": threads},
         batch_size=threads,
         compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=0.05,  # I/O-bound: the model's CPUs belong to the Serve replica
+        num_cpus=0,  # I/O-bound: every CPU may belong to the Serve replica
         batch_format="numpy",
     )
     out: list[dict[str, Any]] = []

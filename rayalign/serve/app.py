@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from ray import serve
 
 from rayalign.config import ModelConfig
+from rayalign.ray_session import thread_env
 from rayalign.serve.backends import BatchStats, GenerationRequest, GenerationResult
 from rayalign.serve.protocol import (
     APIError,
@@ -54,6 +55,7 @@ class ServeSettings:
     batch_wait_timeout_s: float = 0.02
     num_replicas: int = 1
     num_cpus: float = 1.0
+    torch_threads: int | None = None
     num_gpus: float = 0.0
     max_ongoing_requests: int = 64
 
@@ -227,5 +229,9 @@ def build_generation_app(settings: ServeSettings):
     return GenerationServer.options(
         num_replicas=settings.num_replicas,
         max_ongoing_requests=settings.max_ongoing_requests,
-        ray_actor_options={"num_cpus": settings.num_cpus, "num_gpus": settings.num_gpus},
+        ray_actor_options={
+            "num_cpus": settings.num_cpus,
+            "num_gpus": settings.num_gpus,
+            "runtime_env": {"env_vars": thread_env(settings.torch_threads)},
+        },
     ).bind(settings)

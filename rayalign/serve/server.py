@@ -58,7 +58,7 @@ def serve_running() -> bool:
 
 
 def start_http(host: str = "127.0.0.1", port: int = 8000) -> tuple[str, int]:
-    """Start Serve's HTTP proxy on host:port (0 = a free port), or reuse the running one."""""
+    """Start Serve's HTTP proxy on host:port (0 = a free port), or reuse the running one."""
     from ray import serve
     from ray.serve.context import _get_global_client
 
@@ -116,6 +116,7 @@ def serve_model(
     num_replicas: int = 1,
     num_cpus: float = 1.0,
     num_gpus: float = 0.0,
+    torch_threads: int | None = None,
     timeout_s: float = 180.0,
 ) -> ServedModel:
     """Deploy one model as a Serve application and return where it answers."""
@@ -142,6 +143,7 @@ def serve_model(
             model=model_cfg, model_id=model_id, api_key=api_key, limits=limits or ServerLimits(),
             max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s,
             num_replicas=num_replicas, num_cpus=num_cpus, num_gpus=num_gpus,
+            torch_threads=torch_threads,
         )
         app = build_generation_app(settings)
     bound_host, bound_port = start_http(host, port)

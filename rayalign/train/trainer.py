@@ -18,6 +18,7 @@ from typing import Any
 
 from rayalign.config import Config, TrainConfig
 from rayalign.errors import UserError
+from rayalign.ray_session import thread_env
 from rayalign.train.checkpoint import METRICS_FILE, STATE_FILE
 
 
@@ -60,6 +61,7 @@ def build_trainer(
     steps: int,
     output_dir: Path,
     worker_env: dict[str, str] | None = None,
+    callbacks: list[Any] | None = None,
 ):
     """The ``TorchTrainer`` for ``cfg``: one DeepSpeed worker per ``train.num_workers``."""
     import ray.train
@@ -72,6 +74,7 @@ def build_trainer(
     env = {"RAYALIGN_CACHE": os.environ["RAYALIGN_CACHE"]} if "RAYALIGN_CACHE" in os.environ else {}
     if not t.use_gpu:
         env["DS_ACCELERATOR"] = "cpu"
+    env.update(thread_env(t.torch_threads))
     env.update(worker_env or {})
     resources = t.resources_per_worker or ({"CPU": 1, "GPU": 1} if t.use_gpu else {"CPU": 1})
     return TorchTrainer(
@@ -94,6 +97,7 @@ def build_trainer(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             worker_runtime_env={"env_vars": env},
+            callbacks=callbacks,
         ),
         datasets=datasets,
         # Deterministic per-worker row order: what makes "skip N batches" an exact resume.
@@ -146,6 +150,7 @@ def run_training(
     datasets: dict[str, Any] | None = None,
     worker_env: dict[str, str] | None = None,
     verbose: bool = True,
+    callbacks: list[Any] | None = None,
 ) -> TrainResult:
     """Train ``cfg`` on Ray (already initialised by the caller) and gather the outputs."""
     import ray.train
@@ -172,7 +177,9 @@ def run_training(
             f"{total} steps x {cfg.train.num_workers} worker(s), ZeRO-{cfg.train.zero_stage}\n"
             f"[rayalign] outputs: {out}\n[rayalign] checkpoints: {storage_path_for(cfg)}/{cfg.train.name}"
         )
-    trainer = build_trainer(cfg, datasets, steps=steps, output_dir=out, worker_env=worker_env)
+    trainer = build_trainer(
+        cfg, datasets, steps=steps, output_dir=out, worker_env=worker_env, callbacks=callbacks
+    )
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:

@@ -1,0 +1,38 @@
+"""``rayalign sweep``: a Ray Tune search over loss hyperparameters with the Pareto front."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "sweep",
+        help="sweep β, Δ, α, ... with Ray Tune (train + quick eval per trial) and plot the Pareto front",
+        description="Each trial trains with Ray Train and evaluates the exported model; outputs a table "
+        "of all trials, the best config per objective, the Pareto-optimal set and plots.",
+    )
+    parser.add_argument("config", help="sweep config YAML (model/data/loss/train/eval + sweep sections)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set sweep.num_samples=4 (repeatable)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted sweep, keeping the finished trials")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rayalign.config import load_config
+    from rayalign.ray_session import init_ray
+    from rayalign.tune.sweep import cpus_needed, run_sweep, sweep_dir
+
+    cfg = load_config(args.config, args.overrides)
+    print(f"[rayalign] sweep outputs: {sweep_dir(cfg)}")
+    init_ray(dashboard=True, min_cpus=cpus_needed(cfg))
+    result = run_sweep(cfg, resume=args.resume)
+    shown = [c for c in result.table.columns if c not in ("ref_cache",)]
+    print(result.table[shown].to_string(index=False))
+    print(f"\n{len(result.pareto)} Pareto-optimal trial(s); {len(result.errors)} failed")
+    for metric, row in result.best.items():
+        print(f"best {metric}: trial {row['trial']} ({row[metric]:.3f})")
+    print(f"table: {result.output_dir / 'trials.csv'}\nplots: {result.output_dir}")
+    return 0 if len(result.errors) < len(result.table) else 1

@@ -112,3 +112,12 @@ def test_unknown_benchmark_and_offline_hub_fail_clearly(tmp_path):
         load_benchmark("advbench", data_dir=str(tmp_path))
     with pytest.raises(UserError, match="file not found"):
         load_benchmark(f"xstest:{tmp_path / 'missing.csv'}")
+
+
+def test_limit_keeps_both_kinds():
+    from rayalign.eval.benchmarks import load_benchmark, stratified_subset
+
+    records = load_benchmark("demo", limit=2)
+    assert sorted(r["kind"] for r in records) == ["benign", "harmful"]
+    assert stratified_subset(["a", "a", "a", "b"], 3, seed=1).count(3) == 1
+    assert load_benchmark("demo", limit=6, seed=3) == load_benchmark("demo", limit=6, seed=3)

@@ -282,12 +282,28 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 
 
 def load_benchmark(spec: str, *, data_dir: str | None = None, limit: int | None = None, seed: int = 0) -> list[Record]:
-    """Load one benchmark; ``limit`` keeps a seeded random subset (stable, both kinds mixed)."""
+    """Load one benchmark; ``limit`` keeps a seeded random subset, stratified by kind so a
+    small limit still measures both harmlessness and helpfulness."""
     name, path = parse_spec(spec)
     records = LOADERS[name](path, data_dir)
     if not records:
         raise UserError(f"benchmark {spec!r} has no prompts")
     if limit is not None and limit < len(records):
-        keep = sorted(random.Random(seed).sample(range(len(records)), limit))
-        records = [records[i] for i in keep]
+        records = [records[i] for i in stratified_subset([r["kind"] for r in records], limit, seed)]
     return records
+
+
+def stratified_subset(kinds: list[str], limit: int, seed: int = 0) -> list[int]:
+    """``limit`` indices drawn in turn from each kind's seeded shuffle, in original order."""
+    rng = random.Random(seed)
+    pools: dict[str, list[int]] = {}
+    for index, kind in enumerate(kinds):
+        pools.setdefault(kind, []).append(index)
+    for pool in pools.values():
+        rng.shuffle(pool)
+    keep: list[int] = []
+    while len(keep) < limit:
+        for pool in pools.values():
+            if pool and len(keep) < limit:
+                keep.append(pool.pop())
+    return sorted(keep)

@@ -142,6 +142,16 @@ def bfpo_loss(
     return (h - g / beta) ** 2
 
 
+def chosen_nll(policy_chosen_logps: Tensor, chosen_token_counts: Tensor) -> Tensor:
+    """Per-token negative log-likelihood of the chosen response, shape ``[B]``.
+
+    Added to a preference loss with a small weight (as RPO does) it counters DPO's
+    likelihood displacement: without it the margin can grow by pushing *both* responses
+    down, so the model unlearns the unsafe answer without learning the safe one.
+    """
+    return -policy_chosen_logps / chosen_token_counts.clamp(min=1).to(policy_chosen_logps.dtype)
+
+
 def preference_loss(
     name: str,
     policy_chosen_logps: Tensor,

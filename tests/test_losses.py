@@ -141,3 +141,13 @@ def test_metrics_by_hand():
                                    torch.ones(2, dtype=torch.bool), beta=0.5)
     assert math.isnan(no_unsafe["rewards/unsafe"].item())
     assert "rewards/safe" not in preference_metrics(pc, pr, rc, rr, beta=0.5)
+
+
+def test_chosen_nll_is_per_token_and_raises_the_chosen_response():
+    from rayalign.losses import chosen_nll
+
+    logps = torch.tensor([-6.0, -2.0], requires_grad=True)
+    nll = chosen_nll(logps, torch.tensor([3, 0]))
+    assert nll.tolist() == pytest.approx([2.0, 2.0])  # empty responses count as one token
+    nll.sum().backward()
+    assert (logps.grad < 0).all()  # descending raises the chosen log-likelihood

@@ -25,7 +25,9 @@ DEMO_DEFAULTS: dict[str, Any] = {
                        "merge_on_export": True}},
     "data": {"sources": [{"path": "builtin:demo"}], "max_length": 192, "max_prompt_length": 96,
              "eval_fraction": 0.0, "ref_batch_size": 16},
-    "loss": {"name": "safedpo", "beta": 0.1, "delta": 10.0},
+    # The NLL term on safe chosen responses is what makes the model learn to refuse rather
+    # than just stop complying politely (see docs/training.md, loss.sft_weight).
+    "loss": {"name": "safedpo", "beta": 0.1, "delta": 10.0, "sft_weight": 1.0},
     "train": {"num_workers": 1, "zero_stage": 2,
               "learning_rate": 5e-4, "batch_size": 8, "max_steps": 40, "warmup_ratio": 0.05,
               "checkpoint_every": 20, "keep_checkpoints": 1, "log_every": 5, "name": "demo-train"},

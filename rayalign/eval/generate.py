@@ -9,6 +9,7 @@ run goes on: one bad prompt never loses a whole evaluation.
 
 from __future__ import annotations
 
+import json
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -73,13 +74,9 @@ class HTTPGenerator:
         self.pool = ThreadPoolExecutor(max_workers=max(1, threads))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        columns = list(batch)
-        rows = [{k: _plain(v) for k, v in zip(columns, values, strict=True)}
-                for values in zip(*batch.values(), strict=True)]
+        rows = [json.loads(payload) for payload in batch["payload"]]
         results = list(self.pool.map(lambda r: generate_one(self.client, r, self.settings), rows))
-        for key in results[0] if results else []:
-            batch[key] = np.array([r[key] for r in results], dtype=object)
-        return batch
+        return {"_row": batch["_row"], "result": np.array([json.dumps(r) for r in results], dtype=object)}
 
 
 def generate(
@@ -98,8 +95,13 @@ def generate(
         return []
     actors = max(1, min(2, concurrency))
     threads = math.ceil(concurrency / actors)
-    indexed = [{**r, "_row": i} for i, r in enumerate(records)]
-    ds = ray.data.from_items(indexed).map_batches(
+    # Only JSON strings cross Ray Data: optional fields (None in some rows, text in others)
+    # would otherwise give blocks schemas that cannot be unified.
+    requests = [
+        {"_row": i, "payload": json.dumps({k: r.get(k) for k in ("prompt", "mode", "reference")})}
+        for i, r in enumerate(records)
+    ]
+    ds = ray.data.from_items(requests).map_batches(
         HTTPGenerator,
         fn_constructor_kwargs={"endpoint": endpoint, "settings": settings, "threads": threads},
         batch_size=threads,
@@ -107,24 +109,11 @@ def generate(
         num_cpus=0,  # I/O-bound: every CPU may belong to the Serve replica
         batch_format="numpy",
     )
-    out: list[dict[str, Any]] = []
+    out: list[dict[str, Any] | None] = [None] * len(records)
     with tqdm(total=len(records), desc=desc, unit="prompt") as bar:
         for batch in ds.iter_batches(batch_size=threads, batch_format="numpy"):
-            columns = list(batch)
-            for values in zip(*batch.values(), strict=True):
-                out.append({k: _plain(v) for k, v in zip(columns, values, strict=True)})
+            for row, result in zip(batch["_row"], batch["result"], strict=True):
+                out[int(row)] = {**records[int(row)], **json.loads(result)}
             bar.update(len(batch["_row"]))
-    out.sort(key=lambda r: r["_row"])
-    for row in out:
-        del row["_row"]
-    return out
+    return [row for row in out if row is not None]
 
-
-def _plain(value: Any) -> Any:
-    """numpy scalars -> Python, and the NaN that Ray Data's numpy batches put in place of
-    ``None`` in object columns back to ``None``, so rows serialise to clean JSON."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value

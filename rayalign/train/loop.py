@@ -229,7 +229,7 @@ def train(
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:
-            raise UserError("train.tensorboard needs the tensorboard package") from exc
+            raise UserError("train.tensorboard needs the tensorboard package: pip install 'rayalign[tracking]'") from exc
         tensorboard = SummaryWriter(str(metrics_log.parent / "tensorboard"), purge_step=state.step + 1)
 
     # --- 4. the loop: micro-batches -> optimizer steps -> metrics -> checkpoints

@@ -13,8 +13,8 @@ Conventions (see ``rayalign/resources/demo/README.md``):
   the safety labels say which responses are safe. Harmful requests pair a compliant but
   non-operational opening (``chosen``, unsafe) with a refusal (``rejected``, safe); the
   SafeDPO transformation swaps them. Benign requests pair a helpful answer with a less
-  helpful one (both safe); about one in ten of those is an unnecessary refusal, so that
-  training also learns not to over-refuse.
+  helpful one (both safe); many of those (most look-alikes, about a third of the rest)
+  reject an unnecessary refusal, so that training also learns not to over-refuse.
 * ``id`` = first 16 hex digits of ``sha256(prompt + chosen + rejected)`` (UTF-8).
 
 Run from the repository root::
@@ -1023,13 +1023,26 @@ def _harmful_pairs(rng: random.Random) -> list[dict]:
     return rows
 
 
+# How often a benign pair's less helpful side is an unnecessary refusal. Look-alike prompts
+# are where a small model over-refuses after safety training, so most of their pairs push
+# against it; plain everyday questions get enough to anchor "refusing is not the default".
+OVER_REFUSAL_RATE = {"lookalike": 0.8, "everyday": 0.3}
+
+
+def _over_refusal(rng: random.Random) -> str:
+    """An unnecessary refusal worded like the harmful refusals, so only the prompt differs."""
+    generic_openers = [o for o in REFUSE_OPENERS if "{gist}" not in o]
+    return rng.choice(OVER_REFUSALS + generic_openers)
+
+
 def _less_helpful(rng: random.Random, category: str) -> str:
     if category.startswith("lookalike_"):
-        refuse_p, pool = 0.4, VAGUE_GENERIC
+        refuse_p, pool = OVER_REFUSAL_RATE["lookalike"], VAGUE_GENERIC
     else:
-        refuse_p, pool = 0.05, VAGUE_GENERIC + VAGUE_BY_CATEGORY[category] * 2
+        refuse_p = OVER_REFUSAL_RATE["everyday"]
+        pool = VAGUE_GENERIC + VAGUE_BY_CATEGORY[category] * 2
     if rng.random() < refuse_p:
-        return rng.choice(OVER_REFUSALS)
+        return _over_refusal(rng)
     return rng.choice(pool)
 
 

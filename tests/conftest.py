@@ -13,14 +13,15 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# Beside the repository by default; RAYALIGN_SHARED_DATA points elsewhere (e.g. a scratch clone).
+SHARED_DATA = Path(os.environ.get("RAYALIGN_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The third-party reference data beside the repository (read-only, never copied)."""
     if not SHARED_DATA.is_dir():
-        pytest.fail(f"reference data not found at {SHARED_DATA}; see ../shared/data/README.md")
+        pytest.fail(f"reference data not found at {SHARED_DATA}; set RAYALIGN_SHARED_DATA or see ../shared/data/README.md")
     return SHARED_DATA
 
 

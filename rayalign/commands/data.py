@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from rayalign.commands.common import add_overrides
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -50,9 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "to --output-dir; the prepared data set is also cached under data.cache_dir.",
     )
     prepare.add_argument("config", help="YAML config file")
-    prepare.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field"
-    )
+    add_overrides(prepare, "data.max_length=512")
     prepare.add_argument("--output-dir", default="outputs/data", help="default outputs/data")
     prepare.set_defaults(func=run_prepare)
 
@@ -82,7 +82,7 @@ def run_prepare(args: argparse.Namespace) -> int:
     from rayalign.data.pipeline import prepare_datasets
     from rayalign.models import load_tokenizer
 
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, args.overrides)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "config.yaml")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from rayalign.commands.common import add_overrides
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -15,8 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--method", choices=["safedpo", "bfpo", "dpo"], default="safedpo",
                         help="alignment method (dpo = the plain-DPO baseline)")
     parser.add_argument("--output-dir", default="outputs/demo", help="where the report and model go")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a demo setting, e.g. --set train.max_steps=5 (repeatable)")
+    add_overrides(parser, "train.max_steps=5")
     parser.set_defaults(func=run)
 
 

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from rayalign.commands.common import add_overrides
+
 
 def _judge_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--judge", default=None, help="refusal (=xstest), gcg (=advbench), harmbench, llamaguard, llm")
@@ -37,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--ranker-url", default=None)
     parser.add_argument("--output-dir", default=None, help="default eval.output_dir (outputs/eval)")
     parser.add_argument("--config", default=None, help="YAML config (its eval and model sections)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    add_overrides(parser, "eval.max_new_tokens=64")
     _judge_options(parser)
     parser.set_defaults(func=run_eval_command)
 
@@ -63,7 +65,7 @@ def _eval_config(args: argparse.Namespace):
 
     from rayalign.config import load_config
 
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, args.overrides)
     updates = {
         "judge": args.judge, "judge_url": args.judge_url, "judge_model": args.judge_model,
         "api_key": args.api_key,

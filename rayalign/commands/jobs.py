@@ -7,7 +7,7 @@ import json
 import sys
 import time
 
-from rayalign.commands.submit import add_address
+from rayalign.commands.common import add_address
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

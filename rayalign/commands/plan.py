@@ -7,6 +7,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from rayalign.commands.common import add_overrides
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -17,10 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "for, and the steps per epoch. Downloads nothing.",
     )
     parser.add_argument("spec", help="job spec (the YAML that train/sweep/eval read)")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config field, e.g. --set train.num_workers=16 (repeatable)",
-    )
+    add_overrides(parser, "train.num_workers=16")
     parser.add_argument("--rows", type=int, help="pairs in data.sources (when not countable)")
     parser.add_argument(
         "--helpfulness-rows", type=int, help="pairs in data.helpfulness_sources (BFPO buffered)"

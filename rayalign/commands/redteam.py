@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from rayalign.commands.common import add_overrides
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -29,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=None)
     parser.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 1.0)")
     parser.add_argument("--config", default=None)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    add_overrides(parser, "eval.max_new_tokens=64")
     parser.set_defaults(func=run)
 
 
@@ -40,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from rayalign.eval.redteam import run_redteam
     from rayalign.serve.server import serve_running
 
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, args.overrides)
     for key, value in {
         "judge": args.judge, "judge_url": args.judge_url, "judge_model": args.judge_model,
         "ranker": args.ranker, "ranker_url": args.ranker_url, "limit": args.limit,

@@ -6,14 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-
-def add_address(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--address",
-        help="the head's job API, e.g. http://127.0.0.1:8265 (default: RAY_API_SERVER_ADDRESS, "
-        "an http:// RAY_ADDRESS, else http://127.0.0.1:8265); the auth token comes from "
-        "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token",
-    )
+from rayalign.commands.common import add_address, add_overrides
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,10 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "sub-command the spec names (job.command: train, sweep, eval) as a Ray job.",
     )
     parser.add_argument("spec", help="job spec YAML inside the working directory")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config field; replayed on the cluster (repeatable)",
-    )
+    add_overrides(parser, "train.num_workers=16")
     add_address(parser)
     parser.add_argument("--follow", action="store_true", help="stream the logs until it ends")
     parser.add_argument("--submission-id", help="choose the job's id (default: generated)")

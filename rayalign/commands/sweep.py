@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from rayalign.commands.common import add_overrides
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -13,8 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "of all trials, the best config per objective, the Pareto-optimal set and plots.",
     )
     parser.add_argument("config", help="sweep config YAML (model/data/loss/train/eval + sweep sections)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set sweep.num_samples=4 (repeatable)")
+    add_overrides(parser, "sweep.num_samples=4")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted sweep, keeping the finished trials")
     parser.set_defaults(func=run)

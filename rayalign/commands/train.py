@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from rayalign.commands.common import add_overrides
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -15,14 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "checkpoint.",
     )
     parser.add_argument("config", help="YAML config file (see jobs/train_tiny.yaml)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set train.num_workers=2 (repeatable)",
-    )
+    add_overrides(parser, "train.num_workers=2")
     parser.set_defaults(func=run)
 
 

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,6 +138,15 @@ def _gather_ids(ids: list[str]) -> list[str]:
     return [i for part in gathered for i in part]
 
 
+def _say(message: str) -> None:
+    """Progress line to the process's real stdout.
+
+    Ray Train 2.60 patches ``print`` on workers to both log and tee to the (wrapped)
+    ``sys.stdout``, so a plain print shows up twice in the driver's console.
+    """
+    print(f"[rayalign] {message}", file=sys.__stdout__, flush=True)
+
+
 def train(
     cfg: Config,
     runtime: Runtime,
@@ -204,7 +214,7 @@ def train(
             state = load_worker_state(checkpoint, rank)
             state.resumed_from.append(state.step)
             if rank == 0:
-                print(f"[rayalign] resumed from checkpoint at step {state.step}")
+                _say(f"resumed from checkpoint at step {state.step}")
             if metrics_log is not None:
                 metrics_log.parent.mkdir(parents=True, exist_ok=True)
                 saved = checkpoint / METRICS_FILE
@@ -273,7 +283,7 @@ def train(
                         "train.learning_rate, check the data, or set train.on_nonfinite=skip"
                     )
                 state.skipped_nonfinite += 1
-                print(f"[rayalign] skipping micro-batch with non-finite loss at {where}")
+                _say(f"skipping micro-batch with non-finite loss at {where}")
                 continue
             engine.backward(loss)
             metrics = preference_metrics(
@@ -326,8 +336,8 @@ def train(
             elif state.step % t.log_every == 0:
                 runtime.report({k: v for k, v in last.items() if k != "pair_ids"})
             if rank == 0 and (state.step % t.log_every == 0 or final):
-                print(
-                    f"[rayalign] step {state.step}/{total_steps} loss {last['loss']:.4f} "
+                _say(
+                    f"step {state.step}/{total_steps} loss {last['loss']:.4f} "
                     f"acc {last['rewards/accuracy']:.2f} margin {last['rewards/margins']:.3f} "
                     f"lr {lr:.2e} {last['tokens_per_s']:.0f} tok/s"
                 )

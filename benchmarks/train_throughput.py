@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-PKU = REPO.parent / "shared" / "data" / "pku_saferlhf" / "pku_seferlhf_realign_dpo_5k.json"
+SHARED_DATA = Path(os.environ.get("RAYALIGN_SHARED_DATA", REPO.parent / "shared" / "data"))
+PKU = SHARED_DATA / "pku_saferlhf" / "pku_seferlhf_realign_dpo_5k.json"
 BETA = 0.1
 LR = 1e-5
 

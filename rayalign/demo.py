@@ -128,7 +128,9 @@ def _data_line(stats: dict[str, Any]) -> str:
     validation = stats.get("validation", {})
     transform = stats.get("transform", {})
     counts = transform.get("safedpo") or {}
-    applied = ", ".join(f"{k} {v}" for k, v in counts.items()) if counts else "not applied"
+    order = ("kept", "swapped", "dropped")  # the same order whether or not the cache answered
+    ranked = sorted(counts.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else 9, kv[0]))
+    applied = ", ".join(f"{k} {v}" for k, v in ranked) if counts else "not applied"
     return (f"{validation.get('valid', '?')} valid / {validation.get('rows', '?')} rows; "
             f"SafeDPO transformation: {applied}; reference log-probs cache: "
             f"{stats.get('ref_cache', '?')}")

@@ -152,9 +152,13 @@ def test_benign_pairs_teach_helpfulness_without_over_refusal(pairs):
     benign = [r for r in pairs if r["kind"] == "benign"]
     assert not [r["chosen"] for r in benign if xstest_is_refusal(r["chosen"])]
     over_refusals = sum(xstest_is_refusal(r["rejected"]) for r in benign) / len(benign)
-    assert 0.05 <= over_refusals <= 0.2  # some, so training learns not to over-refuse
+    # Many, so training pushes away from over-refusal (at 10% the demo lost 20 points of
+    # benign compliance); not all, so plain "less helpful" answers still teach helpfulness.
+    assert 0.3 <= over_refusals <= 0.6
     lookalikes = [r for r in benign if r["category"].startswith("lookalike_")]
     assert len(lookalikes) >= 0.2 * len(benign)
+    refused_lookalikes = sum(xstest_is_refusal(r["rejected"]) for r in lookalikes)
+    assert refused_lookalikes >= 0.5 * len(lookalikes)  # where over-refusal happens most
 
 
 def test_responses_are_short(pairs):

@@ -67,6 +67,9 @@ class DataSource(Section):
     all_safe: bool = False
     # PKU-SafeRLHF: order pairs by helpfulness (better_response_id) or safety.
     preference: Literal["helpfulness", "safety"] = "helpfulness"
+    # Keep only rows whose original column equals the value, e.g. {kind: harmful}: one file
+    # can then feed both of BFPO's buffered sets. Rows filtered out are not rejects.
+    where: dict[str, str | int | float | bool] = Field(default_factory=dict)
     name: str | None = None
 
 

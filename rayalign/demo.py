@@ -36,7 +36,7 @@ DEMO_DEFAULTS: dict[str, Any] = {
              "concurrency": 16},
 }
 
-#: BFPO's recipe tunes only the MLP down-projections.
+#: Per-method ``--set`` values on top of DEMO_DEFAULTS (all methods train the same LoRA).
 METHOD_OVERRIDES: dict[str, list[str]] = {
     "safedpo": [],
     "dpo": ["loss.name=dpo"],
@@ -64,6 +64,16 @@ class DemoResult:
         }
 
 
+#: BFPO's buffered mode: the demo file's harmful-request pairs are the safety set and its
+#: benign pairs (both responses safe) the helpfulness set, mixed in equal-size batches.
+BFPO_BUFFERED_DATA: dict[str, Any] = {
+    "sources": [{"path": "builtin:demo", "where": {"kind": "harmful"}, "name": "demo-safety"}],
+    "helpfulness_sources": [
+        {"path": "builtin:demo", "where": {"kind": "benign"}, "name": "demo-helpfulness"}
+    ],
+}
+
+
 def demo_config(method: str, overrides: list[str] | None = None, output_dir: str = "outputs/demo") -> Config:
     """The demo's config for ``method`` (safedpo, bfpo, dpo), plus the user's ``--set`` values."""
     raw = json.loads(json.dumps(DEMO_DEFAULTS))
@@ -72,6 +82,8 @@ def demo_config(method: str, overrides: list[str] | None = None, output_dir: str
     raw["data"]["ref_torch_threads"] = raw["train"]["torch_threads"] = raw["eval"]["torch_threads"] = cores
     raw["train"]["output_dir"] = output_dir
     raw["eval"]["output_dir"] = str(Path(output_dir) / "eval")
+    if method == "bfpo":
+        raw["data"].update(BFPO_BUFFERED_DATA)
     return config_from_mapping(raw, [*METHOD_OVERRIDES[method], *(overrides or [])], source="demo")
 
 

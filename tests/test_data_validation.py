@@ -7,13 +7,14 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from rayalign.cli import main
 from rayalign.config import DataSource
-from rayalign.data.schema import check_label, check_text, pair_id
-from rayalign.data.validate import ValidationSummary, validate_source
+from rayalign.data.schema import ROW_COL, check_label, check_text, pair_id
+from rayalign.data.validate import ValidationSummary, select_where, validate_source
 from rayalign.errors import UserError
 
 
@@ -105,6 +106,30 @@ def test_non_boolean_labels_in_csv(tmp_path):
     assert (summary["valid"], summary["reasons"]) == (1, {"non_boolean_label": 1})
     reject = pq.read_table(tmp_path / "r.parquet").to_pylist()[0]
     assert (reject["row"], reject["field"]) == (1, "chosen_safe")
+
+
+def test_where_keeps_matching_rows_and_their_original_row_numbers(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_text(
+        "prompt,chosen,rejected,chosen_safe,rejected_safe,kind\n"
+        "Hi,Hello,Go away,true,true,benign\n"
+        "Bomb?,Sure,No,false,true,harmful\n"
+        "Hey,Hello,Nope,maybe,true,harmful\n"
+    )
+    harmful = DataSource(path=str(path), where={"kind": "harmful"})
+    summary = validate_source(harmful, tmp_path / "r.parquet")
+    assert (summary["rows"], summary["valid"]) == (2, 1)  # the benign row is not a reject
+    assert pq.read_table(tmp_path / "r.parquet").to_pylist()[0]["row"] == 2
+    with pytest.raises(UserError, match=r"'category'.*columns: chosen, chosen_safe, kind"):
+        validate_source(DataSource(path=str(path), where={"category": "x"}), tmp_path / "r.parquet")
+
+
+def test_select_where_keeps_list_values_whole():
+    raw = {ROW_COL: np.arange(3), "tag": np.array(["a", "b", "a"], dtype=object),
+           "prompt": [[{"role": "user", "content": "x"}], [], [{"role": "user", "content": "y"}]]}
+    kept = select_where(raw, (("tag", "a"),), "f.jsonl")
+    assert kept[ROW_COL].tolist() == [0, 2]
+    assert [len(p) for p in kept["prompt"]] == [1, 1] and kept["prompt"][1][0]["content"] == "y"
 
 
 def test_threshold_error_names_file_row_and_field(bad_file, tmp_path):

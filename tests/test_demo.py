@@ -40,3 +40,13 @@ def test_short_demo_writes_every_artefact(ray_local, tmp_path):
     for phase in ("eval_before", "eval_after"):
         assert json.loads((out / phase / "metrics.json").read_text())
     assert "harmless ratio" in format_summary(result)
+
+
+def test_bfpo_demo_buffers_the_harmful_and_benign_pairs_as_two_sets():
+    from rayalign.demo_data import load_demo_pairs
+
+    cfg = demo_config("bfpo", [], "/tmp/unused")
+    assert cfg.loss.name == "bfpo"
+    (safety,), (helpfulness,) = cfg.data.sources, cfg.data.helpfulness_sources
+    kinds = {row["kind"] for row in load_demo_pairs()}
+    assert {safety.where["kind"], helpfulness.where["kind"]} == kinds == {"harmful", "benign"}

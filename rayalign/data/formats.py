@@ -40,6 +40,12 @@ from rayalign.errors import UserError
 class AdapterOptions:
     all_safe: bool = False
     preference: str = "helpfulness"  # pku_saferlhf only: "helpfulness" | "safety"
+    where: tuple[tuple[str, Any], ...] = ()  # (original column, required value) pairs
+
+    @classmethod
+    def from_source(cls, source: Any) -> AdapterOptions:
+        """The options a ``DataSource`` asks for."""
+        return cls(source.all_safe, source.preference, tuple(sorted(source.where.items())))
 
 
 @dataclass
@@ -266,7 +272,7 @@ def adapt_trl(batch: Batch, options: AdapterOptions) -> Adapted:
 
 def adapt_ultrafeedback_binarized(batch: Batch, options: AdapterOptions) -> Adapted:
     """UltraFeedback-binarized: conversational TRL rows; all responses declared safe."""
-    return adapt_trl(batch, AdapterOptions(all_safe=True, preference=options.preference))
+    return adapt_trl(batch, AdapterOptions(True, options.preference, options.where))
 
 
 _BAD_PROMPT = object()

@@ -330,7 +330,7 @@ def _sources(cfg: Config) -> list[_Source]:
     ):
         for spec in specs:
             resolved = resolve_source(spec)
-            options = AdapterOptions(all_safe=spec.all_safe, preference=spec.preference)
+            options = AdapterOptions.from_source(spec)
             fmt = resolve_format(spec.format, first_columns(resolved), options, spec.path)
             out.append(_Source(len(out), role, spec, resolved, fmt.name, options))
     if not any(s.role == "safety" for s in out):

@@ -60,7 +60,12 @@ STAGED_SCHEMA = pa.schema(
 def adapt_and_validate(
     raw: Batch, fmt: Format, options: AdapterOptions, source: str, source_index: int = 0
 ) -> pa.Table:
-    """Every row of ``raw`` as a :data:`STAGED_SCHEMA` table (valid and rejected together)."""
+    """Every row of ``raw`` as a :data:`STAGED_SCHEMA` table (valid and rejected together).
+
+    Rows that ``options.where`` filters out are left out before adapting: they were not
+    asked for, so they are neither valid nor rejected.
+    """
+    raw = select_where(raw, options.where, source)
     n = len(raw[ROW_COL])
     if n == 0:
         return STAGED_SCHEMA.empty_table()
@@ -100,6 +105,32 @@ def adapt_and_validate(
     columns[FIELD_COL] = [""] * n_valid + reject_fields
     columns[ORIGINAL_COL] = [""] * n_valid + originals
     return pa.table(columns, schema=STAGED_SCHEMA)
+
+
+def select_where(raw: Batch, where: tuple[tuple[str, Any], ...], source: str) -> Batch:
+    """The rows of ``raw`` whose original columns equal every value in ``where``."""
+    if not where:
+        return raw
+    n = len(raw[ROW_COL])
+    keep = np.ones(n, dtype=bool)
+    for column, wanted in where:
+        if column not in raw:
+            known = sorted(c for c in raw if not c.startswith("_"))
+            raise UserError(
+                f"{source}: where names column {column!r}, which the rows do not have "
+                f"(columns: {', '.join(known)})"
+            )
+        values = raw[column]
+        keep &= np.fromiter((_plain(v) == wanted for v in values), dtype=bool, count=n)
+    return {name: _take(values, keep) for name, values in raw.items()}
+
+
+def _take(values: Any, keep: np.ndarray) -> np.ndarray:
+    if isinstance(values, np.ndarray):
+        return values[keep]
+    out = np.empty(int(keep.sum()), dtype=object)  # lists of lists stay one object per row
+    out[:] = [v for v, k in zip(values, keep, strict=True) if k]
+    return out
 
 
 def _plain(value: Any) -> Any:
@@ -200,7 +231,7 @@ def validate_source(
     from rayalign.data.readers import first_columns, iter_source_batches, resolve_source
 
     resolved = resolve_source(source)
-    options = AdapterOptions(all_safe=source.all_safe, preference=source.preference)
+    options = AdapterOptions.from_source(source)
     fmt = resolve_format(source.format, first_columns(resolved), options, source.path)
     summary = ValidationSummary()
     seen: set[str] = set()

@@ -56,6 +56,7 @@ def served(model_cfg: ModelConfig, eval_cfg: EvalConfig, *, role: str = "policy"
         backend=eval_cfg.backend, api_key=eval_cfg.api_key, max_batch_size=eval_cfg.max_batch_size,
         batch_wait_timeout_s=eval_cfg.batch_wait_timeout_s, num_cpus=eval_cfg.num_cpus,
         num_gpus=eval_cfg.num_gpus, torch_threads=eval_cfg.torch_threads,
+        access_log=False,  # Ray Data sends one request per prompt: the lines would drown progress
     )
     try:
         yield Endpoint(app.url, app.model_id, eval_cfg.api_key, eval_cfg.request_timeout_s, eval_cfg.retries)

@@ -58,6 +58,8 @@ class ServeSettings:
     torch_threads: int | None = None
     num_gpus: float = 0.0
     max_ongoing_requests: int = 64
+    #: One log line per request; evaluation turns it off (hundreds of internal requests).
+    access_log: bool = True
 
 
 fastapi_app = FastAPI(title="rayalign generation server", docs_url=None, redoc_url=None)
@@ -229,6 +231,7 @@ def build_generation_app(settings: ServeSettings):
     return GenerationServer.options(
         num_replicas=settings.num_replicas,
         max_ongoing_requests=settings.max_ongoing_requests,
+        logging_config={"enable_access_log": settings.access_log},
         ray_actor_options={
             "num_cpus": settings.num_cpus,
             "num_gpus": settings.num_gpus,

@@ -118,6 +118,7 @@ def serve_model(
     num_gpus: float = 0.0,
     torch_threads: int | None = None,
     timeout_s: float = 180.0,
+    access_log: bool = True,
 ) -> ServedModel:
     """Deploy one model as a Serve application and return where it answers."""
     from ray import serve
@@ -143,7 +144,7 @@ def serve_model(
             model=model_cfg, model_id=model_id, api_key=api_key, limits=limits or ServerLimits(),
             max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s,
             num_replicas=num_replicas, num_cpus=num_cpus, num_gpus=num_gpus,
-            torch_threads=torch_threads,
+            torch_threads=torch_threads, access_log=access_log,
         )
         app = build_generation_app(settings)
     bound_host, bound_port = start_http(host, port)

@@ -453,6 +453,8 @@ def total_rows(sources: list, override: int | None) -> tuple[int | None, str]:
         return None, "no sources"
     total, origins = 0, []
     for source in sources:
+        if source.where:  # counting would mean reading every row; ask for --rows instead
+            return None, f"{source.path} is filtered by where={source.where}"
         rows, origin = count_rows(source.path, source.split)
         if rows is None:
             return None, origin

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rayalign.archs import ModelDims, resolve_dims
-from rayalign.config import load_config
+from rayalign.config import DataSource, load_config
 from rayalign.errors import UserError
 from rayalign.jobspec import build_entrypoint, build_runtime_env, job_command, plan_launch
 from rayalign.plan import (
@@ -17,6 +17,7 @@ from rayalign.plan import (
     activation_bytes,
     build_plan,
     steps_per_epoch,
+    total_rows,
     train_request,
     trainable_parameters,
     training_memory,
@@ -203,3 +204,10 @@ def test_small_model_dims_dataclass_is_consistent() -> None:
     names = [name for name, _ in dims.named_parameters()]
     assert names[0] == "model.embed_tokens.weight" and names[-1] == "lm_head.weight"
     assert sum(1 for n in names if "down_proj" in n) == 2
+
+
+def test_filtered_sources_are_not_counted_as_whole_files():
+    whole = total_rows([DataSource(path="builtin:demo")], None)
+    filtered = total_rows([DataSource(path="builtin:demo", where={"kind": "harmful"})], None)
+    assert whole[0] == 496
+    assert filtered[0] is None and "where" in filtered[1]

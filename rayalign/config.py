@@ -112,7 +112,8 @@ class LossConfig(Section):
     delta: float = Field(10.0, ge=0.0)
     b1: float = 3.0
     alpha: float = 0.5
-    # Weight of an NLL term on chosen responses that are safe (RPO-style); 0 = the paper's loss.
+    # Weight of an NLL term on the response the loss prefers, the safe one for safedpo/bfpo
+    # (RPO-style; see rayalign.losses.anchor_nll); 0 = the paper's loss.
     sft_weight: float = Field(0.0, ge=0.0)
 
     @field_validator("b1")

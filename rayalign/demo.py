@@ -40,7 +40,8 @@ DEMO_DEFAULTS: dict[str, Any] = {
 METHOD_OVERRIDES: dict[str, list[str]] = {
     "safedpo": [],
     "dpo": ["loss.name=dpo"],
-    "bfpo": ["loss.name=bfpo", "loss.beta=0.1"],
+    # A buffered step holds batch_size pairs of each set: 4 + 4 costs what SafeDPO's 8 do.
+    "bfpo": ["loss.name=bfpo", "loss.beta=0.1", "train.batch_size=4"],
 }
 
 

@@ -152,6 +152,32 @@ def chosen_nll(policy_chosen_logps: Tensor, chosen_token_counts: Tensor) -> Tens
     return -policy_chosen_logps / chosen_token_counts.clamp(min=1).to(policy_chosen_logps.dtype)
 
 
+def anchor_nll(
+    name: str,
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    chosen_token_counts: Tensor,
+    rejected_token_counts: Tensor,
+    chosen_safe: Tensor | None = None,
+    rejected_safe: Tensor | None = None,
+) -> Tensor:
+    """Per-token NLL of the response a loss wants more of, shape ``[B]`` (``loss.sft_weight``).
+
+    ``dpo``/``ipo`` know nothing of safety: the chosen response. ``safedpo``/``bfpo``: the
+    *safe* one, the chosen if it is safe, else the rejected if that is, else none. BFPO
+    keeps pairs in helpfulness order, so on a harmful prompt the refusal it should learn
+    is the rejected response; after SafeDPO's transformation the chosen one is always safe.
+    """
+    chosen = chosen_nll(policy_chosen_logps, chosen_token_counts)
+    if name in ("dpo", "ipo"):
+        return chosen
+    if chosen_safe is None or rejected_safe is None:
+        raise ValueError(f"{name}: anchor_nll needs chosen_safe and rejected_safe")
+    rejected = chosen_nll(policy_rejected_logps, rejected_token_counts)
+    c_safe, r_safe = _as_indicator(chosen_safe, chosen), _as_indicator(rejected_safe, chosen)
+    return c_safe * chosen + (1.0 - c_safe) * r_safe * rejected
+
+
 def preference_loss(
     name: str,
     policy_chosen_logps: Tensor,

@@ -143,6 +143,21 @@ def test_metrics_by_hand():
     assert "rewards/safe" not in preference_metrics(pc, pr, rc, rr, beta=0.5)
 
 
+def test_anchor_nll_follows_safety_for_safety_losses_only():
+    from rayalign.losses import anchor_nll
+
+    chosen, rejected = torch.tensor([-4.0, -4.0, -4.0, -4.0]), torch.tensor([-8.0, -8.0, -8.0, -8.0])
+    counts = torch.tensor([2, 2, 2, 2])
+    c_safe = torch.tensor([True, True, False, False])
+    r_safe = torch.tensor([True, False, True, False])
+    bfpo = anchor_nll("bfpo", chosen, rejected, counts, counts, c_safe, r_safe)
+    # safe chosen -> chosen (2.0); unsafe chosen, safe rejected -> the refusal (4.0); neither -> 0
+    assert bfpo.tolist() == pytest.approx([2.0, 2.0, 4.0, 0.0])
+    assert anchor_nll("dpo", chosen, rejected, counts, counts, c_safe, r_safe).tolist() == [2.0] * 4
+    with pytest.raises(ValueError, match="needs chosen_safe"):
+        anchor_nll("safedpo", chosen, rejected, counts, counts)
+
+
 def test_chosen_nll_is_per_token_and_raises_the_chosen_response():
     from rayalign.losses import chosen_nll
 

@@ -24,7 +24,7 @@ from torch import nn
 from rayalign.config import Config
 from rayalign.errors import UserError
 from rayalign.logprobs import sequence_logps
-from rayalign.losses import chosen_nll, preference_loss, preference_metrics
+from rayalign.losses import anchor_nll, preference_loss, preference_metrics
 from rayalign.train.checkpoint import (
     DEEPSPEED_DIR,
     DEEPSPEED_TAG,
@@ -268,10 +268,11 @@ def train(
                 beta=cfg.loss.beta, delta=cfg.loss.delta, b1=cfg.loss.b1, alpha=cfg.loss.alpha,
             )
             if cfg.loss.sft_weight:
-                counts = (batch["labels"][:half, 1:] != -100).sum(dim=1)
-                # Only safe chosen responses: for BFPO/DPO the chosen one may be unsafe.
-                safe_chosen = batch["chosen_safe"].to(losses.dtype)
-                losses = losses + cfg.loss.sft_weight * safe_chosen * chosen_nll(policy_chosen, counts)
+                counts = (batch["labels"][:, 1:] != -100).sum(dim=1)
+                anchor = anchor_nll(
+                    cfg.loss.name, policy_chosen, policy_rejected, counts[:half], counts[half:], *safety
+                )
+                losses = losses + cfg.loss.sft_weight * anchor
             loss = losses.mean()
             state.micro_batches_in_epoch = index + 1
             finite = _all_reduce(torch.isfinite(loss.detach()).float().reshape(1), "min")

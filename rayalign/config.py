@@ -267,6 +267,10 @@ class Config(Section):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
+    def changed_fields(self, saved_yaml: str) -> list[str]:
+        """Dotted paths whose values differ from a config saved by :meth:`save`."""
+        return _changed(yaml.safe_load(saved_yaml) or {}, self.model_dump(mode="json"))
+
     def save(self, path: str | Path) -> Path:
         """Write the resolved config (the run's reproducible record) atomically."""
         path = Path(path)
@@ -335,3 +339,13 @@ def config_from_mapping(
             for err in exc.errors()
         )
         raise ConfigError(f"{source}: invalid config\n{problems}") from exc
+
+
+def _changed(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            path
+            for key in sorted(set(old) | set(new), key=str)
+            for path in _changed(old.get(key), new.get(key), f"{prefix}{key}.")
+        ]
+    return [] if old == new else [prefix.rstrip(".")]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ DEMO_DEFAULTS: dict[str, Any] = {
                        "merge_on_export": True}},
     "data": {"sources": [{"path": "builtin:demo"}], "max_length": 192, "max_prompt_length": 96,
              "eval_fraction": 0.0, "ref_batch_size": 16},
-    # The NLL term on safe chosen responses is what makes the model learn to refuse rather
+    # The NLL term on the safe preferred responses is what makes the model learn to refuse rather
     # than just stop complying politely (see docs/training.md, loss.sft_weight).
     "loss": {"name": "safedpo", "beta": 0.1, "delta": 10.0, "sft_weight": 1.0},
     "train": {"num_workers": 1, "zero_stage": 2,
@@ -92,6 +93,17 @@ def _say(message: str) -> None:
     print(f"[rayalign demo] {message}", flush=True)
 
 
+def _start_over_if_settings_changed(cfg: Config, out: Path) -> None:
+    """Same settings resume an interrupted demo; other settings must not reuse its checkpoints."""
+    saved = out / "config.yaml"
+    changed = cfg.changed_fields(saved.read_text()) if saved.is_file() else []
+    if changed:
+        from rayalign.train.trainer import storage_path_for
+
+        _say(f"settings changed since the last demo in {out} ({', '.join(changed[:4])}): training starts over")
+        shutil.rmtree(Path(storage_path_for(cfg)) / cfg.train.name, ignore_errors=True)
+
+
 def run_demo(cfg: Config, *, method: str) -> DemoResult:
     """Run the six demo steps; every step prints what it did and how long it took."""
     from rayalign.eval.runner import evaluate_model
@@ -101,6 +113,7 @@ def run_demo(cfg: Config, *, method: str) -> DemoResult:
 
     out = Path(cfg.train.output_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
+    _start_over_if_settings_changed(cfg, out)
     cfg.save(out / "config.yaml")
     started, steps = time.perf_counter(), {}
 

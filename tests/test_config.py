@@ -62,3 +62,13 @@ def test_save_round_trips(tmp_path):
     saved = cfg.save(tmp_path / "run" / "config.yaml")
     assert load_config(saved) == cfg
     assert isinstance(cfg, Config)
+
+
+def test_changed_fields_names_dotted_paths(tmp_path):
+    cfg = Config()
+    saved = cfg.save(tmp_path / "config.yaml").read_text()
+    assert cfg.changed_fields(saved) == []
+    other = cfg.model_copy(deep=True)
+    other.loss.beta = 0.5
+    other.data.sources[0].where = {"kind": "harmful"}
+    assert other.changed_fields(saved) == ["data.sources", "loss.beta"]

@@ -4,6 +4,7 @@ and parses. The full demo's numbers come from benchmarks/demo_effect.py, not fro
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +51,17 @@ def test_bfpo_demo_buffers_the_harmful_and_benign_pairs_as_two_sets():
     (safety,), (helpfulness,) = cfg.data.sources, cfg.data.helpfulness_sources
     kinds = {row["kind"] for row in load_demo_pairs()}
     assert {safety.where["kind"], helpfulness.where["kind"]} == kinds == {"harmful", "benign"}
+
+
+def test_a_demo_with_other_settings_does_not_resume_the_old_checkpoints(tmp_path):
+    from rayalign.demo import _start_over_if_settings_changed
+    from rayalign.train.trainer import storage_path_for
+
+    first = demo_config("safedpo", [], str(tmp_path))
+    first.save(tmp_path / "config.yaml")
+    checkpoints = Path(storage_path_for(first)) / first.train.name
+    checkpoints.mkdir(parents=True)
+    _start_over_if_settings_changed(first, tmp_path)  # same settings: resume
+    assert checkpoints.is_dir()
+    _start_over_if_settings_changed(demo_config("safedpo", ["loss.delta=5"], str(tmp_path)), tmp_path)
+    assert not checkpoints.exists()

@@ -37,6 +37,19 @@ def output_dir_for(cfg: Config) -> Path:
     return Path(cfg.train.output_dir).expanduser().resolve() / cfg.train.name
 
 
+def _warn_if_resuming_with_other_settings(cfg: Config, out: Path) -> None:
+    """Resuming is by name, so say when the checkpoint was written with other settings."""
+    saved = out / "config.yaml"
+    changed = cfg.changed_fields(saved.read_text()) if saved.is_file() else []
+    storage = storage_path_for(cfg)
+    if changed and "://" not in storage and (Path(storage) / cfg.train.name).is_dir():
+        print(
+            f"[rayalign] warning: resuming {cfg.train.name} from checkpoints written with other "
+            f"settings ({', '.join(changed[:6])}{', ...' if len(changed) > 6 else ''}); "
+            "use a new train.name to start over"
+        )
+
+
 def storage_path_for(cfg: Config) -> str:
     """Ray Train storage: ``train.storage_path`` or ``<output dir>/ray`` locally."""
     if cfg.train.storage_path:
@@ -157,6 +170,8 @@ def run_training(
 
     out = output_dir_for(cfg)
     out.mkdir(parents=True, exist_ok=True)
+    if verbose:
+        _warn_if_resuming_with_other_settings(cfg, out)
     cfg.save(out / "config.yaml")
     data_stats: dict[str, Any] = {}
     if datasets is None:

@@ -63,7 +63,7 @@ from rayalign.ray_session import thread_env
 
 PIPELINE_VERSION = "1"
 SPLIT_COL = "split"
-_ROWS_PER_BLOCK = 512
+_TOKENIZE_BATCH_ROWS = 512
 
 _TOKEN_LIST = pa.list_(pa.int32())
 TOKENIZED_SCHEMA = pa.schema(
@@ -554,20 +554,20 @@ def _build(
                 counts += safedpo_transform(labels)[1]
 
         tokenized = (
-            staged.map_batches(
+            _spread_over_cpus(staged)
+            .map_batches(
                 _select_stage, batch_format="pyarrow", fn_kwargs={**plan, "safedpo": safedpo}
             )
-            .repartition(target_num_rows_per_block=_ROWS_PER_BLOCK)
             .map_batches(
                 _tokenize_stage,
                 batch_format="pyarrow",
-                batch_size=_ROWS_PER_BLOCK,
+                batch_size=_TOKENIZE_BATCH_ROWS,
                 fn_kwargs={
                     "tokenizer": tokenizer,
                     "max_length": d.max_length,
                     "max_prompt_length": d.max_prompt_length,
                 },
-                concurrency=d.tokenize_concurrency,
+                **_task_pool(d.tokenize_concurrency),
             )
             .materialize()
         )
@@ -623,6 +623,25 @@ def _build(
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)  # the rejects file stays at rejects_path
         raise
+
+
+def _spread_over_cpus(staged: Any) -> Any:
+    """Enough blocks for every CPU to tokenize (one big file reads as one block).
+
+    Blocks stay large otherwise: a streaming repartition into small blocks made Ray Data
+    2.60 run the tokenize tasks one at a time on a 2-CPU node.
+    """
+    import ray
+
+    wanted = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return staged if staged.num_blocks() >= wanted else staged.repartition(wanted)
+
+
+def _task_pool(size: int | None) -> dict[str, Any]:
+    """``compute=`` for a bounded task pool (``concurrency=`` is deprecated since Ray 2.51)."""
+    import ray
+
+    return {} if size is None else {"compute": ray.data.TaskPoolStrategy(size=size)}
 
 
 def _keep_valid_output(table: pa.Table) -> pa.Table:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -18,6 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rayalign.errors import UserError
 
 LossName = Literal["dpo", "ipo", "safedpo", "bfpo"]
+
+
+#: torch threads in a section's Ray processes; None = the CPUs Ray reserved for them. On a
+#: small machine, set it to the core count: one process then uses every core while
+#: reserving a single CPU, so the tasks that feed it can still be scheduled.
+TorchThreads = Annotated[int | None, Field(gt=0)]
 
 
 class Section(BaseModel):
@@ -89,10 +95,7 @@ class DataConfig(Section):
     precompute_ref_logps: bool = True
     ref_batch_size: int = Field(8, gt=0)
     ref_num_actors: int = Field(1, gt=0)
-    # torch threads in this section's Ray processes; None = the CPUs Ray reserved for them.
-    # On a small machine, set it to the core count: one process then uses every core
-    # while reserving a single CPU, so the tasks that feed it can still be scheduled.
-    ref_torch_threads: int | None = Field(None, gt=0)
+    ref_torch_threads: TorchThreads = None
     ref_gpus_per_actor: float = Field(0.0, ge=0.0)
     # Concurrent tokenization tasks (None = as many as the Ray cluster has CPUs).
     tokenize_concurrency: int | None = Field(None, gt=0)
@@ -131,10 +134,7 @@ class TrainConfig(Section):
     use_gpu: bool = False
     resources_per_worker: dict[str, float] | None = None
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
-    # torch threads in this section's Ray processes; None = the CPUs Ray reserved for them.
-    # On a small machine, set it to the core count: one process then uses every core
-    # while reserving a single CPU, so the tasks that feed it can still be scheduled.
-    torch_threads: int | None = Field(None, gt=0)
+    torch_threads: TorchThreads = None
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = False
     offload_params: bool = False
@@ -203,10 +203,7 @@ class EvalConfig(Section):
     batch_wait_timeout_s: float = Field(0.02, ge=0.0)
     num_cpus: float = Field(1.0, gt=0.0, description="CPUs per generation replica")
     num_gpus: float = Field(0.0, ge=0.0, description="GPUs per generation replica")
-    # torch threads in this section's Ray processes; None = the CPUs Ray reserved for them.
-    # On a small machine, set it to the core count: one process then uses every core
-    # while reserving a single CPU, so the tasks that feed it can still be scheduled.
-    torch_threads: int | None = Field(None, gt=0)
+    torch_threads: TorchThreads = None
     seed: int = 0
     # Red-teaming (BFPO §4.3): sampled responses per prompt and their temperature.
     redteam_samples: int = Field(2, ge=2)

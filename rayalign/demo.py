@@ -93,15 +93,15 @@ def _say(message: str) -> None:
     print(f"[rayalign demo] {message}", flush=True)
 
 
-def _start_over_if_settings_changed(cfg: Config, out: Path) -> None:
+def _start_over_if_settings_changed(cfg: Config) -> None:
     """Same settings resume an interrupted demo; other settings must not reuse its checkpoints."""
-    saved = out / "config.yaml"
-    changed = cfg.changed_fields(saved.read_text()) if saved.is_file() else []
-    if changed:
-        from rayalign.train.trainer import storage_path_for
+    from rayalign.train.trainer import checkpoints_from_other_settings
 
-        _say(f"settings changed since the last demo in {out} ({', '.join(changed[:4])}): training starts over")
-        shutil.rmtree(Path(storage_path_for(cfg)) / cfg.train.name, ignore_errors=True)
+    stale = checkpoints_from_other_settings(cfg)
+    if stale:
+        run_dir, changed = stale
+        _say(f"settings changed since the last demo ({', '.join(changed[:4])}): training starts over")
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def run_demo(cfg: Config, *, method: str) -> DemoResult:
@@ -113,7 +113,7 @@ def run_demo(cfg: Config, *, method: str) -> DemoResult:
 
     out = Path(cfg.train.output_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
-    _start_over_if_settings_changed(cfg, out)
+    _start_over_if_settings_changed(cfg)
     cfg.save(out / "config.yaml")
     started, steps = time.perf_counter(), {}
 
@@ -154,9 +154,8 @@ def _data_line(stats: dict[str, Any]) -> str:
     validation = stats.get("validation", {})
     transform = stats.get("transform", {})
     counts = transform.get("safedpo") or {}
-    order = ("kept", "swapped", "dropped")  # the same order whether or not the cache answered
-    ranked = sorted(counts.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else 9, kv[0]))
-    applied = ", ".join(f"{k} {v}" for k, v in ranked) if counts else "not applied"
+    # Sorted: a cache hit returns the counts in another order than a fresh run.
+    applied = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) if counts else "not applied"
     return (f"{validation.get('valid', '?')} valid / {validation.get('rows', '?')} rows; "
             f"SafeDPO transformation: {applied}; reference log-probs cache: "
             f"{stats.get('ref_cache', '?')}")

@@ -55,13 +55,13 @@ def test_bfpo_demo_buffers_the_harmful_and_benign_pairs_as_two_sets():
 
 def test_a_demo_with_other_settings_does_not_resume_the_old_checkpoints(tmp_path):
     from rayalign.demo import _start_over_if_settings_changed
-    from rayalign.train.trainer import storage_path_for
+    from rayalign.train.trainer import output_dir_for, storage_path_for
 
     first = demo_config("safedpo", [], str(tmp_path))
-    first.save(tmp_path / "config.yaml")
+    first.save(output_dir_for(first) / "config.yaml")  # where run_training records a run
     checkpoints = Path(storage_path_for(first)) / first.train.name
     checkpoints.mkdir(parents=True)
-    _start_over_if_settings_changed(first, tmp_path)  # same settings: resume
+    _start_over_if_settings_changed(first)  # same settings: resume
     assert checkpoints.is_dir()
-    _start_over_if_settings_changed(demo_config("safedpo", ["loss.delta=5"], str(tmp_path)), tmp_path)
+    _start_over_if_settings_changed(demo_config("safedpo", ["loss.delta=5"], str(tmp_path)))
     assert not checkpoints.exists()

@@ -59,7 +59,7 @@ from rayalign.data.validate import (
     rejected_rows,
 )
 from rayalign.errors import UserError
-from rayalign.ray_session import thread_env
+from rayalign.ray_session import init_ray, thread_env
 
 PIPELINE_VERSION = "1"
 SPLIT_COL = "split"
@@ -307,12 +307,6 @@ class RefScorer:
 # --------------------------------------------------------------------------- driver side
 
 
-def _ensure_ray() -> None:
-    from rayalign.ray_session import init_ray
-
-    init_ray()
-
-
 def _collect(ds: Any, schema: pa.Schema | None = None) -> pa.Table:
     import ray
 
@@ -443,7 +437,7 @@ def prepare_datasets(
     ``cfg.data.max_invalid_fraction`` of the rows are invalid.
     """
     started = time.perf_counter()
-    _ensure_ray()
+    init_ray()
     sources = _sources(cfg)
     scoring = cfg.data.precompute_ref_logps
     ref_cfg = (ref_model_cfg or cfg.model) if scoring else None

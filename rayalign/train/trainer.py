@@ -37,17 +37,19 @@ def output_dir_for(cfg: Config) -> Path:
     return Path(cfg.train.output_dir).expanduser().resolve() / cfg.train.name
 
 
-def _warn_if_resuming_with_other_settings(cfg: Config, out: Path) -> None:
-    """Resuming is by name, so say when the checkpoint was written with other settings."""
-    saved = out / "config.yaml"
-    changed = cfg.changed_fields(saved.read_text()) if saved.is_file() else []
+def checkpoints_from_other_settings(cfg: Config) -> tuple[Path, list[str]] | None:
+    """The local checkpoints a run of ``cfg`` would resume, and the fields changed since
+    they were written; None when there are none or nothing changed.
+
+    Resuming goes by ``train.name`` alone, so callers decide: warn, or start over.
+    """
+    saved = output_dir_for(cfg) / "config.yaml"
     storage = storage_path_for(cfg)
-    if changed and "://" not in storage and (Path(storage) / cfg.train.name).is_dir():
-        print(
-            f"[rayalign] warning: resuming {cfg.train.name} from checkpoints written with other "
-            f"settings ({', '.join(changed[:6])}{', ...' if len(changed) > 6 else ''}); "
-            "use a new train.name to start over"
-        )
+    if not saved.is_file() or "://" in storage:
+        return None
+    run_dir = Path(storage) / cfg.train.name
+    changed = cfg.changed_fields(saved.read_text())
+    return (run_dir, changed) if changed and run_dir.is_dir() else None
 
 
 def storage_path_for(cfg: Config) -> str:
@@ -170,8 +172,13 @@ def run_training(
 
     out = output_dir_for(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    if verbose:
-        _warn_if_resuming_with_other_settings(cfg, out)
+    stale = checkpoints_from_other_settings(cfg)
+    if stale and verbose:
+        changed = ", ".join(stale[1][:6]) + (", ..." if len(stale[1]) > 6 else "")
+        print(
+            f"[rayalign] warning: resuming {cfg.train.name} from checkpoints written with other "
+            f"settings ({changed}); use a new train.name to start over"
+        )
     cfg.save(out / "config.yaml")
     data_stats: dict[str, Any] = {}
     if datasets is None:

@@ -16,6 +16,7 @@ from rayalign.errors import UserError
 DEMO_PACKAGE = "rayalign.resources.demo"
 PAIRS_FILE = "pairs.jsonl"
 EVAL_PROMPTS_FILE = "eval_prompts.jsonl"
+VALIDATION_PROMPTS_FILE = "validation_prompts.jsonl"
 EVAL_KINDS = ("harmful", "benign")
 
 
@@ -44,14 +45,36 @@ def demo_eval_prompts_path() -> Path:
     return _resource_path(EVAL_PROMPTS_FILE)
 
 
+def demo_validation_prompts_path() -> Path:
+    """Path of the demo validation prompts for model selection (JSONL: prompt, kind, category).
+
+    Disjoint from the pairs, the held-out evaluation prompts and the public benchmarks
+    (XSTest, AdvBench) that the demo reports on, so sweeps can select on them.
+    """
+    return _resource_path(VALIDATION_PROMPTS_FILE)
+
+
 def load_demo_pairs() -> list[dict]:
     """All demo pairs as dicts with the canonical columns plus ``category`` and ``kind``."""
     return _read_jsonl(demo_pairs_path())
 
 
-def load_eval_prompts(kind: str | None = None) -> list[dict]:
-    """Held-out evaluation prompts, all of them or only one ``kind`` ("harmful"/"benign")."""
+def _load_prompts(path: Path, kind: str | None) -> list[dict]:
     if kind is not None and kind not in EVAL_KINDS:
         raise ValueError(f"kind must be one of {EVAL_KINDS} or None, not {kind!r}")
-    rows = _read_jsonl(demo_eval_prompts_path())
+    rows = _read_jsonl(path)
     return rows if kind is None else [r for r in rows if r["kind"] == kind]
+
+
+def load_eval_prompts(kind: str | None = None) -> list[dict]:
+    """Held-out evaluation prompts, all of them or only one ``kind`` ("harmful"/"benign")."""
+    return _load_prompts(demo_eval_prompts_path(), kind)
+
+
+def load_validation_prompts(kind: str | None = None) -> list[dict]:
+    """Validation prompts (model selection), all of them or only one ``kind``.
+
+    Rows are ``{"prompt", "kind", "category"}`` like :func:`load_eval_prompts`; raises
+    ``ValueError`` for an unknown ``kind``.
+    """
+    return _load_prompts(demo_validation_prompts_path(), kind)

@@ -8,16 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from rayalign.demo import demo_config, format_summary, run_demo
+from rayalign.demo import demo_config, evaluate_cached, evaluation_key, format_summary, run_demo
 
 pytestmark = pytest.mark.slow
 
 
-def test_short_demo_writes_every_artefact(ray_local, tmp_path):
+def test_short_demo_writes_every_artefact(ray_local, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAYALIGN_CACHE", str(tmp_path / "rayalign-cache"))
     cfg = demo_config(
         "safedpo",
         ["model.name_or_path=tiny-random-llama", "train.max_steps=2", "train.batch_size=4",
          "eval.limit=3", "eval.max_new_tokens=4", f"data.cache_dir={tmp_path / 'cache'}",
+         "eval.benchmarks=[demo, 'xstest@4', 'advbench@2']",
          "data.max_length=128", "data.max_prompt_length=64"],
         output_dir=str(tmp_path / "demo"),
     )
@@ -25,13 +27,21 @@ def test_short_demo_writes_every_artefact(ray_local, tmp_path):
 
     out = tmp_path / "demo"
     report = json.loads((out / "report.json").read_text())
-    for key in ("harmless_before", "harmless_after", "benign_compliance_before",
-                "benign_compliance_after"):
-        assert 0.0 <= report[key] <= 1.0
+    # Every measure of the demo, before and after: its own held-out prompts, AdvBench and
+    # both halves of XSTest (safe prompts: compliance; unsafe contrast prompts: harmlessness).
+    for key in ("harmless", "benign_compliance", "advbench_harmless", "xstest_unsafe_harmless",
+                "xstest_safe_compliance"):
+        for when in ("before", "after"):
+            assert 0.0 <= report[f"{key}_{when}"] <= 1.0, (key, when)
+        assert report["targets_met"][key] in (True, False)
+    examples = report["examples"]
+    assert {e["benchmark"] for e in examples} >= {"demo", "advbench"}
+    assert all(e["before"] is not None and e["after"] is not None for e in examples)
     assert report["seconds"] > 0 and report["method"] == "safedpo"
     assert report["data"]["transform"]["safedpo"]["swapped"] > 0  # the transformation ran
     markdown = (out / "report.md").read_text()
-    assert "| harmless ratio" in markdown and "report.png" in markdown
+    assert "XSTest safe prompts answered" in markdown and "report.png" in markdown
+    assert "## What the model says, before and after" in markdown
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "config.yaml").is_file()
     model_dir = out / "demo-train" / "model"
@@ -40,7 +50,15 @@ def test_short_demo_writes_every_artefact(ray_local, tmp_path):
     assert [h["step"] for h in history] == [1, 2]
     for phase in ("eval_before", "eval_after"):
         assert json.loads((out / phase / "metrics.json").read_text())
-    assert "harmless ratio" in format_summary(result)
+    assert "AdvBench harmful behaviours refused" in format_summary(result)
+
+    # The untouched model's evaluation is cached: the same model, prompts and settings are
+    # answered from $RAYALIGN_CACHE without serving anything.
+    cached = evaluate_cached(cfg.model, cfg.eval, tmp_path / "again")
+    assert cached["demo/harmless_ratio"] == result.before["demo/harmless_ratio"]
+    assert (tmp_path / "again" / "metrics.json").is_file()
+    other = cfg.eval.model_copy(update={"max_new_tokens": 5})
+    assert evaluation_key(cfg.model, other) != evaluation_key(cfg.model, cfg.eval)
 
 
 def test_bfpo_demo_buffers_the_harmful_and_benign_pairs_as_two_sets():

@@ -107,9 +107,9 @@ def test_demo_prompts_have_both_kinds():
 def test_unknown_benchmark_and_offline_hub_fail_clearly(tmp_path):
     with pytest.raises(UserError, match="unknown benchmark"):
         parse_spec("mmlu")
-    # conftest sets HF_HUB_OFFLINE=1: no local file -> a message saying what to pass instead.
-    with pytest.raises(UserError, match=r"advbench.*Hub cannot be reached"):
-        load_benchmark("advbench", data_dir=str(tmp_path))
+    # conftest sets HF_HUB_OFFLINE=1: no local or bundled file -> what to pass instead.
+    with pytest.raises(UserError, match=r"beavertails.*Hub cannot be reached"):
+        load_benchmark("beavertails", data_dir=str(tmp_path))
     with pytest.raises(UserError, match="file not found"):
         load_benchmark(f"xstest:{tmp_path / 'missing.csv'}")
 
@@ -121,3 +121,30 @@ def test_limit_keeps_both_kinds():
     assert sorted(r["kind"] for r in records) == ["benign", "harmful"]
     assert stratified_subset(["a", "a", "a", "b"], 3, seed=1).count(3) == 1
     assert load_benchmark("demo", limit=6, seed=3) == load_benchmark("demo", limit=6, seed=3)
+
+
+def test_bundled_benchmarks_load_offline_without_data_dir(shared_data):
+    """AdvBench and XSTest ship inside the package with their licences: no --data-dir needed."""
+    from rayalign.eval.benchmarks import BUNDLED_FILES, bundled_path
+
+    adv, xs = load_benchmark("advbench"), load_benchmark("xstest")
+    assert len(adv) == 520 and {r["kind"] for r in adv} == {"harmful"}
+    assert len(xs) == 450 and sum(r["kind"] == "benign" for r in xs) == 250
+    # The copies are verbatim: same prompts as the third-party reference files.
+    assert [r["prompt"] for r in adv] == [r["prompt"] for r in load_benchmark("advbench", data_dir=str(shared_data))]
+    for rel in BUNDLED_FILES:
+        licence = bundled_path(rel).parent / "LICENSE"
+        assert licence.is_file() and licence.stat().st_size > 500
+    assert (bundled_path(BUNDLED_FILES[0]).parents[1] / "README.md").read_text().count("LICENSE") >= 2
+
+
+def test_spec_subset_size_is_seeded_and_overrides_limit():
+    from rayalign.eval.benchmarks import spec_limit
+
+    a = load_benchmark("advbench@100", seed=0)
+    assert len(a) == 100 and a == load_benchmark("advbench@100", seed=0)
+    assert len(load_benchmark("xstest@40", limit=7)) == 40
+    assert spec_limit("xstest") is None and spec_limit("custom:/p/x.jsonl@5") == 5
+    assert parse_spec("custom:/p/x.jsonl@5") == ("custom", "/p/x.jsonl")
+    with pytest.raises(UserError, match="at least 1"):
+        load_benchmark("advbench@0")

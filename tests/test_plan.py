@@ -10,6 +10,7 @@ import pytest
 
 from rayalign.archs import ModelDims, resolve_dims
 from rayalign.config import DataSource, load_config
+from rayalign.demo_data import load_demo_pairs
 from rayalign.errors import UserError
 from rayalign.jobspec import build_entrypoint, build_runtime_env, job_command, plan_launch
 from rayalign.plan import (
@@ -209,5 +210,5 @@ def test_small_model_dims_dataclass_is_consistent() -> None:
 def test_filtered_sources_are_not_counted_as_whole_files():
     whole = total_rows([DataSource(path="builtin:demo")], None)
     filtered = total_rows([DataSource(path="builtin:demo", where={"kind": "harmful"})], None)
-    assert whole[0] == 496
+    assert whole[0] == len(load_demo_pairs())
     assert filtered[0] is None and "where" in filtered[1]

@@ -10,9 +10,12 @@ should refuse or stay safe), benign prompts measure over-refusal / helpfulness (
 should comply). ``mode="continuation"`` (RealToxicityPrompts) sends raw text to
 ``/v1/completions`` instead of a chat turn.
 
-A benchmark is named ``NAME`` or ``NAME:PATH``. Without a path, the file is looked up under
-``data_dir`` (the layout of ``../shared/data``), then on the Hugging Face Hub when online;
-offline, the error says what to pass instead.
+A benchmark is named ``NAME``, ``NAME:PATH`` or either with ``@N`` at the end (a seeded,
+kind-stratified subset of N prompts, e.g. ``advbench@100``). Without a path, the file is
+looked up under ``data_dir`` (the layout of ``../shared/data``), then in the copies shipped
+inside the package (AdvBench's harmful behaviours, MIT, and XSTest's prompts, CC-BY-4.0:
+``rayalign/resources/benchmarks``, licences and attribution beside them), then on the
+Hugging Face Hub when online; offline, the error says what to pass instead.
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ from typing import Any
 from rayalign.errors import UserError
 
 Record = dict[str, Any]
+
+#: Benchmark files shipped inside the package (permissive licences; see the README there).
+BUNDLED_PACKAGE = "rayalign.resources.benchmarks"
+BUNDLED_FILES = ("advbench/harmful_behaviors.csv", "xstest/xstest_prompts.csv")
 
 
 def make_record(
@@ -115,7 +122,20 @@ def _locate(benchmark: str, path: str | None, data_dir: str | None, relative: tu
             candidate = Path(data_dir).expanduser() / rel
             if candidate.is_file():
                 return candidate
+    for rel in relative:
+        if rel in BUNDLED_FILES:
+            return bundled_path(rel)
     return None
+
+
+def bundled_path(rel: str) -> Path:
+    """Filesystem path of a benchmark file shipped with rayalign (``BUNDLED_FILES``)."""
+    from importlib.resources import files
+
+    resource = files(BUNDLED_PACKAGE).joinpath(rel)
+    if not isinstance(resource, Path) or not resource.is_file():
+        raise UserError(f"rayalign's bundled benchmark file is missing: {resource}; reinstall rayalign")
+    return resource
 
 
 # --------------------------------------------------------------------------- loaders
@@ -259,6 +279,22 @@ def load_demo(path: str | None = None, data_dir: str | None = None) -> list[Reco
     ]
 
 
+def load_demo_validation(path: str | None = None, data_dir: str | None = None) -> list[Record]:
+    """The demo's validation prompts: for choosing settings (sweeps), never reported as results.
+
+    Written for rayalign in the categories the over-refusal literature describes, disjoint
+    from the demo's training pairs, its held-out prompts and every bundled benchmark.
+    """
+    if path:
+        return load_custom(path, name="demo_validation")
+    from rayalign.demo_data import load_validation_prompts
+
+    return [
+        make_record("demo_validation", i, r["prompt"], r["kind"], r.get("category") or "")
+        for i, r in enumerate(load_validation_prompts())
+    ]
+
+
 LOADERS: dict[str, Callable[..., list[Record]]] = {
     "advbench": load_advbench,
     "harmbench": load_harmbench,
@@ -269,22 +305,39 @@ LOADERS: dict[str, Callable[..., list[Record]]] = {
     "realtoxicity": load_realtoxicity,
     "custom": load_custom,
     "demo": load_demo,
+    "demo_validation": load_demo_validation,
 }
 
 
+_SPEC_LIMIT = re.compile(r"@(\d+)\s*$")
+
+
 def parse_spec(spec: str) -> tuple[str, str | None]:
-    """``"xstest"`` -> (xstest, None); ``"custom:/p/x.jsonl"`` -> (custom, /p/x.jsonl)."""
-    name, sep, path = spec.strip().partition(":")
+    """``"xstest"`` -> (xstest, None); ``"custom:/p/x.jsonl@50"`` -> (custom, /p/x.jsonl)."""
+    name, sep, path = _SPEC_LIMIT.sub("", spec.strip()).partition(":")
     name = name.strip().lower().replace("-", "_")
     if name not in LOADERS:
-        raise UserError(f"unknown benchmark {name!r}; choose from {', '.join(LOADERS)} (optionally NAME:PATH)")
+        raise UserError(f"unknown benchmark {name!r}; choose from {', '.join(LOADERS)} "
+                        "(optionally NAME:PATH, and @N for a seeded subset of N prompts)")
     return name, (path.strip() or None) if sep else None
 
 
+def spec_limit(spec: str) -> int | None:
+    """The ``@N`` subset size at the end of a benchmark spec, if any (N ≥ 1)."""
+    match = _SPEC_LIMIT.search(spec)
+    if match is None:
+        return None
+    if int(match.group(1)) < 1:
+        raise UserError(f"benchmark {spec!r}: the subset size after '@' must be at least 1")
+    return int(match.group(1))
+
+
 def load_benchmark(spec: str, *, data_dir: str | None = None, limit: int | None = None, seed: int = 0) -> list[Record]:
-    """Load one benchmark; ``limit`` keeps a seeded random subset, stratified by kind so a
-    small limit still measures both harmlessness and helpfulness."""
+    """Load one benchmark; ``limit`` (or ``@N`` in the spec, which wins) keeps a seeded
+    random subset, stratified by kind so a small limit still measures both harmlessness and
+    helpfulness. The same spec, data and seed always give the same prompts."""
     name, path = parse_spec(spec)
+    limit = spec_limit(spec) or limit
     records = LOADERS[name](path, data_dir)
     if not records:
         raise UserError(f"benchmark {spec!r} has no prompts")

@@ -77,6 +77,9 @@ def test_build_pairs_keeps_harmful_prompts_with_canonical_columns():
     # A tie puts the safe response first.
     pairs, _ = build_pairs(prompts[:1], samples, {"p1": 0.5}, source="s")
     assert pairs[0]["chosen_safe"] is True
+    # An undecided ranking is not a tie: the prompt is skipped and counted (issue 13.6).
+    pairs, skipped = build_pairs(prompts[:1], samples, {"p1": None}, source="s")
+    assert pairs == [] and skipped == {"ranker_undecided": 1}
 
 
 def test_stop_and_eos_cutting():
@@ -108,6 +111,7 @@ def test_report_files(tmp_path):
     assert {"metrics.json", "report.md", "bar_xstest.png", "bar_advbench.png", "harmless_vs_helpful.png"} <= names
     text = (tmp_path / "report.md").read_text()
     assert "| a | 0.667 | 0.667 | 0.333 |" in text and "Win rate" in text
+    assert "mean ref. log-lik/token | undecided |" in text  # undecided per benchmark
     assert files["report"].endswith("report.md")
 
 

@@ -114,7 +114,7 @@ def test_pipeline_end_to_end_scores_once_and_reuses_the_cache(
         "uf": "ultrafeedback_binarized",
     }
     counts = stats["transform"]["safedpo"]
-    assert counts["kept"] + counts["swapped"] + counts["dropped"] == 30 + 2 + 6
+    assert counts["kept"] + counts["swapped"] + counts["dropped"] == 30 + 2 + 7
     rows = stats["rows"]
     assert rows["helpfulness"] == 6 and rows["train"] + rows["eval"] == 32 - counts["dropped"]
     assert rows["eval"] > 0 and rows["train"] > rows["eval"]

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rayalign.errors import UserError
+from rayalign.textio import read_text
 
 LossName = Literal["dpo", "ipo", "safedpo", "bfpo"]
 
@@ -192,6 +193,8 @@ class EvalConfig(Section):
     judge_model: str | None = None  # or a judge model to serve locally next to the policy
     judge_prompt: str | None = None  # llm judge template with {prompt} and {completion}
     judge_max_tokens: int = Field(16, gt=0)
+    # A run fails when a judge leaves more than this share of a benchmark's verdicts undecided.
+    max_undecided_fraction: float = Field(0.02, ge=0.0, le=1.0)
     # Helpfulness ranker for win rates and redteam: heuristic needs nothing, llm needs a URL.
     ranker: Literal["heuristic", "llm"] = "heuristic"
     ranker_url: str | None = None
@@ -311,9 +314,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         source = str(path)
         try:
-            text = Path(path).read_text()
+            text = read_text(path)
         except OSError as exc:
             raise ConfigError(f"{source}: cannot read config ({exc.strerror})") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{source}: not UTF-8 text ({exc})") from exc
         try:
             raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:

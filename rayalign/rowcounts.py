@@ -33,10 +33,10 @@ def count_file_rows(path: Path) -> int:
         with path.open("rb") as fh:
             return sum(1 for line in fh if line.strip())
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as fh:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
             return max(sum(1 for _ in csv.reader(fh)) - 1, 0)
     if suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
         return len(data) if isinstance(data, list) else 1
     if suffix == ".parquet":
         import pyarrow.parquet as pq

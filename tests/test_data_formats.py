@@ -210,3 +210,127 @@ def test_detect_format_error_lists_columns_and_formats():
     assert "['answer', 'question']" in message and "pku_saferlhf" in message and "trl" in message
     with pytest.raises(UserError, match="unknown format 'nope'"):
         resolve_format("nope", ["prompt"], AdapterOptions(), "x.jsonl")
+
+
+# --------------------------------------------------------------------------- issue 13 (1)
+
+GOLDFISH = "What is a good name for a goldfish?"
+
+
+def _u(text):
+    return {"role": "user", "content": text}
+
+
+def _a(text):
+    return {"role": "assistant", "content": text}
+
+
+def _goldfish_row(prompt=GOLDFISH, chosen_history=None, **extra):
+    history = [_u(GOLDFISH), _a("Bubbles is a popular choice."), _u("And for a turtle?")]
+    return {
+        "prompt": prompt,
+        "chosen": [*(chosen_history or history), _a("Shelly or Tank both work well.")],
+        "rejected": [*history, _a("No idea.")],
+        "chosen_safe": True,
+        "rejected_safe": True,
+        **extra,
+    }
+
+
+def test_multi_turn_rows_keep_every_earlier_turn_as_the_prompt():
+    history = [_u(GOLDFISH), _a("Bubbles is a popular choice."), _u("And for a turtle?")]
+    rows = [
+        _goldfish_row(),  # the issue's row: prompt column = the first user turn
+        {k: v for k, v in _goldfish_row().items() if k != "prompt"},  # implicit prompt
+        _goldfish_row(prompt=history),  # prompt column = the whole history as messages
+        _goldfish_row(prompt=[_u(GOLDFISH)]),  # prompt = the first turns; chosen repeats them
+        {  # TRL prompt + multi-turn completions that continue it
+            "prompt": [_u(GOLDFISH)],
+            "chosen": [_a("Bubbles is a popular choice."), _u("And for a turtle?"), _a("Shelly.")],
+            "rejected": [_a("Bubbles is a popular choice."), _u("And for a turtle?"), _a("No.")],
+            "chosen_safe": True,
+            "rejected_safe": True,
+        },
+    ]
+    _, valid, rejects = run(rows)
+    assert rejects == []
+    for row in valid:
+        assert prompt_messages(row["prompt"]) == history
+    assert valid[0]["chosen"] == "Shelly or Tank both work well."
+    assert valid[0]["rejected"] == "No idea."
+
+
+def test_contradicting_prompt_and_differing_histories_are_quarantined():
+    rows = [
+        _goldfish_row(prompt="Tell me a joke."),  # appears nowhere in the turns
+        _goldfish_row(chosen_history=[_u(GOLDFISH), _a("Goldie."), _u("And for a turtle?")]),
+        _goldfish_row(prompt=[_u("Another question")]),
+    ]
+    _, valid, rejects = run(rows)
+    assert valid == []
+    by_row = {r["row"]: (r["reason"], r["field"]) for r in rejects}
+    assert by_row == {
+        0: ("prompt_mismatch", "prompt"),
+        1: ("inconsistent_prompt", "rejected"),
+        2: ("prompt_mismatch", "prompt"),
+    }
+
+
+def test_canonical_multi_turn_record_reads_back_unchanged(tmp_path):
+    _, valid, _ = run([_goldfish_row()])
+    path = tmp_path / "canonical.jsonl"
+    path.write_text(json.dumps(valid[0]) + "\n")
+    _, again, _ = run([json.loads(path.read_text())], fmt="canonical")
+    assert again[0]["prompt"] == valid[0]["prompt"] and again[0]["id"] == valid[0]["id"]
+
+
+# --------------------------------------------------------------------------- issue 13 (2)
+
+BOM = "\ufeff"
+TWO_ROWS = [
+    {"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away.", "chosen_safe": True, "rejected_safe": False},
+    {"prompt": "Bye", "chosen": "See you!", "rejected": "Finally.", "chosen_safe": True, "rejected_safe": False},
+]
+
+
+def _write_bom_file(path: Path, kind: str) -> None:
+    if kind == "jsonl":
+        text = "".join(json.dumps(r) + "\n" for r in TWO_ROWS)
+    elif kind == "json":
+        text = json.dumps(TWO_ROWS)
+    else:
+        sep = "," if kind == "csv" else "\t"
+        text = sep.join(TWO_ROWS[0]) + "\r\n" + "".join(
+            sep.join(str(v).lower() if isinstance(v, bool) else v for v in r.values()) + "\r\n"
+            for r in TWO_ROWS
+        )
+    path.write_bytes((BOM + text).encode("utf-8"))
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "json", "csv", "tsv", "jsonl.gz", "utf16-csv"])
+def test_a_byte_order_mark_is_read_away(tmp_path, kind):
+    """Issue 13 (2): the same two valid rows with a BOM are two valid rows."""
+    import gzip
+
+    base = kind.split(".")[0].removeprefix("utf16-")
+    path = tmp_path / f"pairs.{base}"
+    _write_bom_file(path, base)
+    if kind.endswith(".gz"):
+        gz = tmp_path / f"pairs.{kind}"
+        gz.write_bytes(gzip.compress(path.read_bytes()))
+        path = gz
+    if kind.startswith("utf16"):  # Excel's "Unicode text": UTF-16 with its BOM
+        path.write_bytes(path.read_bytes().decode("utf-8-sig").encode("utf-16"))
+    source = DataSource(path=str(path))
+    resolved = resolve_source(source)
+    assert first_columns(resolved) == set(TWO_ROWS[0])
+    rows = [r for batch in iter_source_batches(resolved) for r in _valid_of(batch)]
+    assert [r["prompt"] for r in rows] == ["Hi", "Bye"]
+    assert rows[0]["chosen_safe"] is True and rows[0]["rejected_safe"] is False
+
+
+def _valid_of(batch):
+    opts = AdapterOptions()
+    table = adapt_and_validate(batch, resolve_format("auto", batch, opts, "f"), opts, "f")
+    assert rejected_rows(table).num_rows == 0, rejected_rows(table).to_pylist()
+    return valid_rows(table).to_pylist()

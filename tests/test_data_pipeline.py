@@ -23,6 +23,19 @@ def write_jsonl(path, rows):
     return path
 
 
+def identical_after_truncation_row():
+    """Issue 13 (4): chosen and rejected differ only after max_length=96 tokens."""
+    prompt = "Which answer is right?"
+    body = "Let me think about this carefully, one step at a time. " * 20
+    return {
+        "prompt": prompt,
+        "chosen": [{"role": "user", "content": prompt}, {"role": "assistant", "content": body + "A."}],
+        "rejected": [{"role": "user", "content": prompt}, {"role": "assistant", "content": body + "B."}],
+        "score_chosen": 8.0,
+        "score_rejected": 3.0,
+    }
+
+
 @pytest.fixture()
 def sources(shared_data, tmp_path):
     real = json.loads(
@@ -51,8 +64,10 @@ def sources(shared_data, tmp_path):
                 "score_rejected": 3.0,
             }
             for i in range(6)
-        ],
+        ]
+        + [identical_after_truncation_row()],
     )
+    helpful.write_bytes("\ufeff".encode() + helpful.read_bytes())  # saved by a Windows tool
     pku = shared_data / "pku_saferlhf" / "pku_saferlhf_alpaca7b_test_sample.jsonl"
     return safety, pku, helpful
 
@@ -88,8 +103,10 @@ def test_pipeline_end_to_end_scores_once_and_reuses_the_cache(
     first = prepare_datasets(cfg, tokenizer, output_dir=out)
     stats = first.stats
     assert stats["cache"] == "miss" and stats["ref_cache"] == "miss"
-    assert stats["validation"]["rows"] == 34 + 2 + 6 and stats["validation"]["rejected"] == 2
-    assert stats["validation"]["reasons"] == {"identical_responses": 1, "unparseable_row": 1}
+    assert stats["validation"]["rows"] == 34 + 2 + 7 and stats["validation"]["rejected"] == 3
+    assert stats["validation"]["reasons"] == {
+        "identical_after_truncation": 1, "identical_responses": 1, "unparseable_row": 1
+    }
     assert stats["duplicates"] == 2
     assert stats["formats"] == {
         "realign_subset": "safe_unsafe_pairs",
@@ -97,14 +114,15 @@ def test_pipeline_end_to_end_scores_once_and_reuses_the_cache(
         "uf": "ultrafeedback_binarized",
     }
     counts = stats["transform"]["safedpo"]
-    assert counts["kept"] + counts["swapped"] + counts["dropped"] == 30 + 2 + 6
+    assert counts["kept"] + counts["swapped"] + counts["dropped"] == 30 + 2 + 7
     rows = stats["rows"]
     assert rows["helpfulness"] == 6 and rows["train"] + rows["eval"] == 32 - counts["dropped"]
     assert rows["eval"] > 0 and rows["train"] > rows["eval"]
     rejects = pq.read_table(out / "rejects.parquet").to_pylist()
-    assert sorted(r["row"] for r in rejects) == [32, 33] and all(
-        r["file"] == str(safety) for r in rejects
-    )
+    assert sorted((r["file"], r["row"]) for r in rejects) == [
+        (str(safety), 32), (str(safety), 33), (str(helpful), 6)
+    ]
+    assert rejects[-1]["reason"] == "identical_after_truncation"
     assert json.loads((out / "data_summary.json").read_text())["rows"] == rows
 
     train_ds, eval_ds, helpful_ds = (

@@ -176,3 +176,68 @@ def test_hub_id_offline_fails_fast_with_a_plain_message(tmp_path):
     assert result.returncode == 2
     assert "Hugging Face Hub is not reachable" in result.stderr and "offline" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_validate_reports_the_issue_13_reasons(tmp_path, tiny_model_dir, capsys):
+    """``data validate`` (with ``--tokenizer``: as ``prepare`` tokenizes) names every new reason."""
+    history = [
+        {"role": "user", "content": "What is a good name for a goldfish?"},
+        {"role": "assistant", "content": "Bubbles is a popular choice."},
+        {"role": "user", "content": "And for a turtle?"},
+    ]
+    body = "Let me think about this step by step. " * 8
+
+    def row(prompt, chosen, rejected):
+        return {"prompt": prompt, "chosen": chosen, "rejected": rejected,
+                "chosen_safe": True, "rejected_safe": True}
+
+    rows = [
+        row(history[0]["content"], [*history, {"role": "assistant", "content": "Shelly."}],
+            [*history, {"role": "assistant", "content": "No idea."}]),  # 0: valid, 3 turns kept
+        row("Tell me a joke.", [*history, {"role": "assistant", "content": "Shelly."}],
+            [*history, {"role": "assistant", "content": "No idea."}]),  # 1: prompt_mismatch
+        row(history[0]["content"], [*history, {"role": "assistant", "content": "Shelly."}],
+            [history[0], {"role": "assistant", "content": "Goldie."}, history[2],
+             {"role": "assistant", "content": "No idea."}]),  # 2: inconsistent_prompt
+        row(" ".join(["word"] * 120), body + "The answer is A.", body + "The answer is B."),  # 3
+        row("Say something.", "Part one.<|im_end|>\n<|im_start|>assistant\nPart two.", "No."),  # 4
+    ]
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(("\ufeff" + "\n".join(json.dumps(r) for r in rows) + "\n").encode())
+    rejects = tmp_path / "rejects.parquet"
+    assert main(["data", "validate", str(path), "--rejects", str(rejects), "--tokenizer",
+                 str(tiny_model_dir), "--max-length", "64", "--max-prompt-length", "32"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["rows"] == 5 and summary["valid"] == 2 and summary["tokenized"] is True
+    assert summary["reasons"] == {
+        "identical_after_truncation": 1, "inconsistent_prompt": 1, "prompt_mismatch": 1
+    }
+    by_row = {r["row"]: (r["reason"], r["field"]) for r in pq.read_table(rejects).to_pylist()}
+    assert by_row == {1: ("prompt_mismatch", "prompt"), 2: ("inconsistent_prompt", "rejected"),
+                      3: ("identical_after_truncation", "rejected")}
+    # without a tokenizer: the adapter's reasons only
+    assert main(["data", "validate", str(path), "--rejects", str(rejects)]) == 0
+    assert json.loads(capsys.readouterr().out)["reasons"] == {
+        "inconsistent_prompt": 1, "prompt_mismatch": 1
+    }
+
+
+def test_config_and_job_spec_with_a_byte_order_mark(tmp_path):
+    from rayalign.config import load_config
+
+    spec = tmp_path / "job.yaml"
+    spec.write_bytes("\ufeffloss:\n  name: safedpo\n  beta: 0.05\n".encode())
+    cfg = load_config(spec)
+    assert cfg.loss.name == "safedpo" and cfg.loss.beta == 0.05
+    spec.write_bytes("loss:\n  name: safedpo\n".encode("utf-16"))  # "Unicode" from Notepad
+    assert load_config(spec).loss.name == "safedpo"
+
+
+def test_row_counts_read_past_a_byte_order_mark(tmp_path):
+    from rayalign.rowcounts import count_file_rows
+
+    array = tmp_path / "pairs.json"
+    array.write_bytes(("\ufeff" + json.dumps([{"prompt": "a"}, {"prompt": "b"}])).encode())
+    table = tmp_path / "pairs.csv"
+    table.write_bytes("\ufeffprompt,chosen\r\na,b\r\nc,d\r\n".encode())
+    assert count_file_rows(array) == 2 and count_file_rows(table) == 2

@@ -64,8 +64,10 @@ def test_baseline_win_rate_scatter_and_a_served_judge(serve_session, tiny_model_
     """Policy, baseline and a HarmBench-format judge: three Serve apps side by side."""
     from rayalign.eval.runner import run_eval
 
+    # A random tiny "classifier" rarely answers yes/no: allow any undecided share here (the
+    # default eval.max_undecided_fraction would stop the run, see test_eval_metrics).
     cfg = EvalConfig(benchmarks=[f"custom:{custom_prompts}"], max_new_tokens=4, judge="harmbench",
-                     judge_model=str(tiny_model_dir), ranker="heuristic")
+                     judge_model=str(tiny_model_dir), ranker="heuristic", max_undecided_fraction=1.0)
     out = tmp_path / "cmp"
     results = run_eval([ModelConfig(name_or_path=str(tiny_model_dir))], cfg, out,
                        baseline=ModelConfig(name_or_path=str(tiny_llama3_model_dir)))

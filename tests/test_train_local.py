@@ -72,3 +72,37 @@ def test_nonfinite_loss_can_be_skipped(tiny_model_dir, rows_with_one_bad_referen
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert all(r["loss"] == r["loss"] for r in reports)  # no NaN reached the metrics
+
+
+def test_masked_metrics_are_sums_over_micro_batches(tiny_model_dir, tmp_path):
+    """Issue 13 (7), one worker: an unsafe reward of -1.0 in one micro-batch and none in the
+    other logs -1.0 (not -0.5); a step without unsafe responses logs no value (not 0)."""
+    import torch
+
+    from rayalign.logprobs import sequence_logps
+    from rayalign.models import load_model
+
+    cfg = _cfg(tiny_model_dir, "error")
+    cfg.train.batch_size, cfg.train.gradient_accumulation_steps, cfg.train.max_steps = 2, 2, 2
+    tokenizer = load_tokenizer(cfg.model)
+    rows = separable_pairs(tokenizer, 8)
+    model = load_model(cfg.model)
+    with torch.no_grad():  # the policy at step 1 is this model: its log-probs make rewards 0
+        for row in rows:
+            for side in ("chosen", "rejected"):
+                ids = torch.tensor([row[f"{side}_input_ids"]])
+                labels = torch.tensor([row[f"{side}_labels"]])
+                row[f"ref_{side}_logps"] = float(sequence_logps(model, ids, torch.ones_like(ids), labels)[0])
+            row["chosen_safe"] = row["rejected_safe"] = True
+    rows[0]["rejected_safe"] = False  # the one unsafe response of the run
+    rows[0]["ref_rejected_logps"] += 1.0 / cfg.loss.beta  # its implicit reward: -1.0
+    init_local_process_group()
+    train(cfg, LocalRuntime({"train": ListShard(rows)}), steps_per_epoch=2, output_dir=tmp_path,
+          export=False)
+    steps = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [1, 2]
+    with_unsafe = [s for s in steps if "rewards/unsafe" in s]
+    assert len(with_unsafe) == 1  # the other step had none: no value, not 0
+    assert with_unsafe[0]["step"] == 1 and with_unsafe[0]["rewards/unsafe"] == pytest.approx(-1.0, abs=2e-3)
+    assert with_unsafe[0]["rewards/safe"] == pytest.approx(0.0, abs=2e-3)
+    assert all("rewards/safe" in s for s in steps)

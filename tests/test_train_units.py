@@ -180,3 +180,98 @@ def test_deepspeed_config_from_train_section():
     with pytest.raises(ValueError, match="zero_stage 3"):
         deepspeed_config(TrainConfig(zero_stage=2, offload_params=True), world_size=1,
                          dtype="float32", on_gpu=False)
+
+
+# --------------------------------------------------------------------------- issue 13 (7)
+
+
+def _unsafe_sums(unsafe_rewards: list[float], safe_rewards: list[float]):
+    """One micro-batch's metric sums whose rejected responses have the given rewards."""
+    import torch
+
+    from rayalign.losses import preference_metric_sums
+
+    rewards = unsafe_rewards + safe_rewards
+    n = len(rewards)
+    zeros = torch.zeros(n)
+    return preference_metric_sums(
+        zeros, torch.tensor(rewards), zeros, zeros,
+        torch.ones(n, dtype=torch.bool),
+        torch.tensor([False] * len(unsafe_rewards) + [True] * len(safe_rewards)),
+        beta=1.0,
+    )
+
+
+def _worker_step(rank: int, world: int, port: int, out) -> None:
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    from rayalign.train.metrics import add_metric_sums, reduce_metric_sums
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        acc: dict = {}
+        if rank == 0:  # worker 0: -1.0 in its first micro-batch, none in its second
+            add_metric_sums(acc, _unsafe_sums([-1.0], [0.5]))
+            add_metric_sums(acc, _unsafe_sums([], [0.5, 0.5]))
+        else:  # worker 1: no unsafe responses at all
+            add_metric_sums(acc, _unsafe_sums([], [0.5, 0.5]))
+            add_metric_sums(acc, _unsafe_sums([], [0.5, 0.5]))
+
+        def all_reduce(t):
+            dist.all_reduce(t)
+            return t
+
+        values, extra = reduce_metric_sums(acc, torch.tensor([3.0]), all_reduce)
+        out.put((rank, values, float(extra[0])))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_masked_metrics_reduce_as_sum_and_count_on_one_worker():
+    """Issue 13 (7): unsafe rewards of -1.0 in one micro-batch, none elsewhere -> -1.0."""
+    import torch
+
+    from rayalign.train.metrics import add_metric_sums, reduce_metric_sums
+
+    acc: dict = {}
+    add_metric_sums(acc, _unsafe_sums([-1.0], [0.5]))
+    add_metric_sums(acc, _unsafe_sums([], [0.5, 0.5]))
+    values, _ = reduce_metric_sums(acc, torch.zeros(0))
+    assert values["rewards/unsafe"] == pytest.approx(-1.0)  # today's loop logged -0.5
+    assert values["rewards/safe"] == pytest.approx(1.5 / 7)  # chosen (0.0) are safe too
+    assert values["rewards/rejected"] == pytest.approx((-1.0 + 0.5 + 0.5 + 0.5) / 4)
+    none, _ = reduce_metric_sums(add_metric_sums({}, _unsafe_sums([], [0.5])), torch.zeros(0))
+    assert "rewards/unsafe" not in none and none["rewards/safe"] == pytest.approx(0.25)
+
+
+@pytest.mark.slow
+def test_masked_metrics_reduce_as_sum_and_count_on_two_workers():
+    """Issue 13 (7) on two real gloo ranks: -1.0 on rank 0's first micro-batch only."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_worker_step, args=(r, 2, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        results = sorted(queue.get(timeout=600) for _ in procs)
+    finally:
+        for p in procs:
+            p.join(timeout=300)  # a loaded machine can take long to tear torch down
+            if p.is_alive():
+                p.terminate()
+    assert [rank for rank, _, _ in results] == [0, 1]
+    for _, values, extra in results:  # both workers log the same, exact values
+        assert values["rewards/unsafe"] == pytest.approx(-1.0)  # per-worker means gave -0.25
+        assert values["rewards/safe"] == pytest.approx(3.5 / 15)
+        assert extra == 6.0

@@ -7,6 +7,7 @@ import json
 import sys
 
 from rayalign.commands.common import add_overrides
+from rayalign.data.schema import REASONS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Prints {rows, valid, rejected, reasons, duplicates, format, rejects_file} as "
         "one JSON object and writes every rejected row (file, row, field, reason, original "
         "values) to a Parquet file. Exits non-zero only when the input cannot be read.",
+        epilog="reasons: " + "; ".join(f"{k}: {v}" for k, v in REASONS.items()),
     )
     validate.add_argument(
         "path", help="file, folder, glob, s3:// or gs:// URI, hf://org/name or builtin:demo"
@@ -43,6 +45,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     validate.add_argument(
         "--rejects", default="outputs/data/rejects.parquet", help="where to write rejected rows"
     )
+    validate.add_argument(
+        "--tokenizer",
+        default=None,
+        help="also tokenize valid rows with this model's tokenizer and chat template, as "
+        "`data prepare` does, and report what tokenization rejects",
+    )
+    validate.add_argument("--max-length", type=int, default=512, help="with --tokenizer")
+    validate.add_argument("--max-prompt-length", type=int, default=256, help="with --tokenizer")
     validate.set_defaults(func=run_validate)
 
     prepare = verbs.add_parser(
@@ -69,7 +79,16 @@ def run_validate(args: argparse.Namespace) -> int:
         all_safe=args.all_safe,
         preference=args.preference,
     )
-    summary = validate_source(source, args.rejects)
+    tokenizer = None
+    if args.tokenizer:
+        from rayalign.config import ModelConfig
+        from rayalign.models import load_tokenizer
+
+        tokenizer = load_tokenizer(ModelConfig(name_or_path=args.tokenizer))
+    summary = validate_source(
+        source, args.rejects, tokenizer=tokenizer, max_length=args.max_length,
+        max_prompt_length=args.max_prompt_length,
+    )
     json.dump(summary, sys.stdout)
     sys.stdout.write("\n")
     return 0

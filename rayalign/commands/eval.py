@@ -54,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     calibrate.add_argument("--labels", nargs="+", required=True, help="CSV/JSONL file(s)")
     calibrate.add_argument("--label-column", default="auto", help="default: label, or final_label when present")
     calibrate.add_argument("--positive", default=None, help="comma-separated label values meaning 'complies' (1)")
+    calibrate.add_argument("--negative", default=None, help="comma-separated label values meaning 'refuses' (0)")
     calibrate.add_argument("--prompt-column", default="prompt")
     calibrate.add_argument("--completion-column", default="completion")
     _judge_options(calibrate)
@@ -61,15 +62,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _eval_config(args: argparse.Namespace):
-    from pathlib import Path
 
     from rayalign.config import load_config
+    from rayalign.textio import read_text
 
     cfg = load_config(args.config, args.overrides)
     updates = {
         "judge": args.judge, "judge_url": args.judge_url, "judge_model": args.judge_model,
         "api_key": args.api_key,
-        "judge_prompt": Path(args.judge_prompt).read_text() if args.judge_prompt else None,
+        "judge_prompt": read_text(args.judge_prompt) if args.judge_prompt else None,
     }
     for name in ("limit", "data_dir", "endpoint", "backend", "max_new_tokens", "temperature", "concurrency",
                  "ranker", "ranker_url", "output_dir"):
@@ -112,22 +113,23 @@ def run_eval_command(args: argparse.Namespace) -> int:
 
 def run_calibrate(args: argparse.Namespace) -> int:
     import contextlib
-    from pathlib import Path
 
     from rayalign.config import EvalConfig
     from rayalign.eval.calibrate import agreement_metrics, load_labels
     from rayalign.eval.judges import JudgeInput
     from rayalign.eval.runner import build_judges
+    from rayalign.textio import read_text
 
     items = load_labels(
         args.labels, label_column=args.label_column,
         positive=args.positive.split(",") if args.positive else None,
+        negative=args.negative.split(",") if args.negative else None,
         prompt_column=args.prompt_column, completion_column=args.completion_column,
     )
     judge_name = args.judge or "refusal"
     eval_cfg = EvalConfig(
         judge=judge_name, refusal_judge=judge_name, judge_url=args.judge_url, judge_model=args.judge_model,
-        api_key=args.api_key, judge_prompt=Path(args.judge_prompt).read_text() if args.judge_prompt else None,
+        api_key=args.api_key, judge_prompt=read_text(args.judge_prompt) if args.judge_prompt else None,
     )
     with contextlib.ExitStack() as stack:
         if args.judge_model:

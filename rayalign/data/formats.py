@@ -20,7 +20,11 @@ Known formats (``DataSource.format``; ``auto`` detects from the columns):
 ``trl``                   ``prompt/chosen/rejected``, strings or conversational message
                           lists (prompt may be implicit), with optional ``chosen_safe`` /
                           ``rejected_safe`` (or ``is_chosen_safe``...) or ``all_safe``;
-                          the canonical record itself is read with this adapter
+                          the canonical record itself is read with this adapter.
+                          Multi-turn chosen/rejected keep every earlier turn as the
+                          prompt conversation; their histories must agree
+                          (``inconsistent_prompt``) and must not contradict a ``prompt``
+                          column (``prompt_mismatch``)
 ========================  ==========================================================
 """
 
@@ -246,10 +250,14 @@ def adapt_trl(batch: Batch, options: AdapterOptions) -> Adapted:
             prior[i] = Rejection(c_err or r_err or "wrong_type", "chosen" if c_err else "rejected")
             continue
         chosen[i], rejected[i] = c_text, r_text
-        if has_prompt and prompts[i] is not None:
-            prompt[i] = _prompt_text(prompts[i])
-        elif _strip_messages(c_turns) != _strip_messages(r_turns):
-            prior[i] = Rejection("inconsistent_prompt", "chosen")
+        if _strip_messages(c_turns) != _strip_messages(r_turns):
+            prior[i] = Rejection("inconsistent_prompt", "rejected")
+        elif has_prompt and prompts[i] is not None:
+            history = _conversation_before(prompts[i], c_turns)
+            if history is None:
+                prior[i] = Rejection("prompt_mismatch", "prompt")
+            else:
+                prompt[i] = _prompt_text(history)
         elif not c_turns:
             prior[i] = Rejection("missing_field", "prompt")
         else:
@@ -291,7 +299,37 @@ def _prompt_text(value: Any) -> Any:
 
 
 def _strip_messages(messages: list[dict[str, Any]]) -> list[tuple[Any, Any]]:
-    return [(m.get("role"), m.get("content")) for m in messages]
+    return [
+        (m.get("role"), c.strip() if isinstance(c := m.get("content"), str) else c)
+        for m in messages
+    ]
+
+
+def _conversation_before(prompt: Any, turns: list[dict[str, Any]]) -> Any:
+    """The whole conversation before the final assistant turns, from an explicit ``prompt``
+    and the earlier ``turns`` of conversational chosen/rejected; ``None`` when they
+    contradict each other.
+
+    - no earlier turns: the prompt is the conversation (TRL's prompt + completion);
+    - the turns continue the prompt (they start with an assistant turn): prompt + turns;
+    - the turns repeat the prompt messages, or (a text prompt) hold it as one of their user
+      turns, as in Anthropic-HH-style rows: the turns are the conversation, every turn kept.
+    """
+    if isinstance(prompt, str):
+        asked: Any = [{"role": "user", "content": prompt}]
+    else:
+        asked = _messages(prompt)
+        if asked is None:
+            return prompt  # not messages: _prompt_text reports it as wrong_type
+    if not turns:
+        return asked
+    if turns[0].get("role") == "assistant":
+        return [*asked, *turns]
+    if _strip_messages(turns[: len(asked)]) == _strip_messages(asked):
+        return turns
+    if isinstance(prompt, str) and ("user", prompt.strip()) in _strip_messages(turns):
+        return turns
+    return None
 
 
 def _apply_all_safe(adapted: Adapted, options: AdapterOptions) -> Adapted:

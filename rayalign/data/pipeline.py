@@ -61,7 +61,7 @@ from rayalign.data.validate import (
 from rayalign.errors import UserError
 from rayalign.ray_session import init_ray, thread_env
 
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"  # 2: multi-turn prompts, plain-text special tokens, identical_after_truncation
 SPLIT_COL = "split"
 _TOKENIZE_BATCH_ROWS = 512
 

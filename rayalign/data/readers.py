@@ -6,6 +6,7 @@ keep every row and say which one is bad. So a reader yields raw columnar batches
 Python values with the row's file and row number (``_file``, ``_row``); a line that does
 not parse becomes a row with only ``_unparseable`` set. Row numbers are 0-based record
 indices (for JSONL and CSV: the line index, counting blank lines; CSV excludes the header).
+A leading byte-order mark is dropped (and UTF-16 text with one is read), see :mod:`rayalign.textio`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import pyarrow.parquet as pq
 from rayalign.config import DataSource
 from rayalign.data.schema import FILE_COL, ROW_COL, Batch
 from rayalign.errors import UserError
+from rayalign.textio import utf8_without_bom
 
 UNPARSEABLE_COL = "_unparseable"
 DATA_EXTENSIONS = (".jsonl", ".ndjson", ".json", ".parquet", ".pq", ".csv", ".tsv")
@@ -239,9 +241,8 @@ def _chunks(
 
 def _read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
     lowered = path.lower()
-    compression = next((c.lstrip(".") for c in _COMPRESSED if lowered.endswith(c)), None)
-    if compression == "zst":
-        compression = "zstd"
+    extension = next((c for c in _COMPRESSED if lowered.endswith(c)), None)
+    compression = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", None: None}[extension]
     with fs.open_input_stream(path, compression=compression) as stream:
         return stream.read()
 
@@ -269,9 +270,11 @@ def read_file_batches(
         if ext in (".parquet", ".pq"):
             yield from _read_parquet(fs, path, shown, batch_size)
             return
-        data = _read_bytes(fs, path)
+        data = utf8_without_bom(_read_bytes(fs, path))
     except (OSError, pa.ArrowException) as exc:
         raise UserError(f"{shown}: cannot read ({exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{shown}: starts with a UTF-16/32 byte-order mark but is not ({exc})") from exc
     if ext in (".csv", ".tsv"):
         yield from _read_csv(data, shown, batch_size, delimiter="\t" if ext == ".tsv" else ",")
     elif ext == ".json" and data.lstrip()[:1] == b"[":

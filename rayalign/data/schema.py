@@ -2,10 +2,12 @@
 
 A canonical row is one preference pair:
 
-- ``prompt`` (str): the user's request. A single user turn is stored as plain text; a
-  longer conversation (system prompt, earlier turns) is stored as a JSON-encoded list of
-  ``{"role", "content"}`` messages ending with the user turn. :func:`prompt_messages`
-  turns either form into chat messages.
+- ``prompt`` (str): the conversation before the responses. A single user turn is stored
+  as plain text; a longer conversation (system prompt, earlier user *and assistant*
+  turns of a multi-turn chat) is stored as a JSON-encoded list of ``{"role", "content"}``
+  messages ending with the user turn, so Arrow/Parquet keep one string column.
+  :func:`prompt_messages` turns either form into chat messages, and tokenization renders
+  them with the chat template (:mod:`rayalign.data.tokenize`).
 - ``chosen`` / ``rejected`` (str): the assistant's preferred and dispreferred replies
   (for SafeDPO/BFPO, ``chosen`` is the *more helpful* one).
 - ``chosen_safe`` / ``rejected_safe`` (bool): safety label of each reply.
@@ -48,12 +50,17 @@ REASONS: dict[str, str] = {
     "empty_field": "a text field is empty or only whitespace",
     "non_boolean_label": "a safety label is not a boolean (true/false, 1/0)",
     "invalid_preference": "the preference marker does not name one of the two responses",
-    "inconsistent_prompt": "conversational chosen/rejected do not share the same prompt turns",
+    "inconsistent_prompt": "conversational chosen/rejected do not share the same earlier turns",
+    "prompt_mismatch": "the prompt column contradicts the conversation turns in chosen/rejected",
     "undecodable_text": "text is not valid UTF-8 (or holds U+FFFD replacement characters)",
     "identical_responses": "chosen and rejected are the same text",
     "empty_after_truncation": "nothing of the prompt or a response is left after truncation",
     "prompt_not_prefix": "the tokenized prompt is not an exact prefix of prompt+response",
     "missing_end_of_turn": "the tokenized response does not end with the end-of-turn token",
+    "identical_after_truncation": "chosen and rejected have the same token ids once truncated "
+    "to max_length (no preference left to learn)",
+    "special_token_in_text": "message text holds a special-token string (e.g. <|im_end|>) that "
+    "this tokenizer cannot keep as plain text exactly",
 }
 
 #: Internal bookkeeping columns carried through the pipeline next to the canonical ones.
@@ -107,8 +114,13 @@ def unit_interval(ids: np.ndarray, salt: str) -> np.ndarray:
     return out
 
 
-def prompt_messages(prompt: str) -> list[dict[str, str]]:
-    """The chat messages a canonical ``prompt`` stands for (see the module docstring)."""
+def prompt_messages(prompt: str | list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The chat messages a canonical ``prompt`` stands for (see the module docstring).
+
+    A list of ``{"role", "content"}`` messages is taken as it is.
+    """
+    if isinstance(prompt, list):
+        return [{"role": m["role"], "content": m["content"]} for m in prompt]
     if prompt.startswith("[{"):
         try:
             messages = json.loads(prompt)

@@ -14,11 +14,22 @@ one: the classic doubled BOS). If a tokenizer adds BOS but its template does not
 prepended once. The response ends with the template's end-of-turn token; anything the
 template writes after it (ChatML's trailing newline) is not part of the target.
 
+Message *content* is text, never markup: a special-token string inside a prompt or a
+response (``<|im_end|>``, ``<|start_header_id|>``) is tokenized as the ordinary characters
+it is, so data cannot end a turn early or inject a system turn; only the markers the
+chat template itself writes become special ids. Rows without such strings take the plain
+path (tokenize the rendered text); rows with them are tokenized piece by piece — template
+text as usual, each such content with ``split_special_tokens=True``, where the template
+itself places it (:func:`encode_plain_content`) — and must decode back to the rendered
+text exactly, else the row is rejected (``special_token_in_text``).
+
 Truncation (one policy, identical for chosen and rejected): the prompt keeps its *last*
 ``max_prompt_length`` tokens (left truncation, BOS kept), then each response keeps its
 *first* ``max_length - len(prompt)`` tokens (right truncation; a cut response has no
 end-of-turn token, so the model is not taught to stop mid-sentence). Labels are ``-100``
-on prompt positions.
+on prompt positions. A pair whose chosen and rejected token ids are equal after
+truncation carries no preference (zero gradient, a constant loss) and is rejected
+(``identical_after_truncation``).
 """
 
 from __future__ import annotations
@@ -63,6 +74,77 @@ def _render(
         list(conversations), tokenize=False, add_generation_prompt=generation
     )
     return [rendered] if isinstance(rendered, str) else list(rendered)
+
+
+def special_strings(tokenizer: Any) -> tuple[str, ...]:
+    """The texts the tokenizer turns into special ids (longest first)."""
+    found = set(getattr(tokenizer, "all_special_tokens", ()))
+    for token in getattr(tokenizer, "added_tokens_decoder", {}).values():
+        if getattr(token, "special", False):
+            found.add(str(token.content))
+    return tuple(sorted((t for t in found if t), key=len, reverse=True))
+
+
+def _has_special(text: Any, specials: Sequence[str]) -> bool:
+    return isinstance(text, str) and any(s in text for s in specials)
+
+
+def encode_plain_content(
+    tokenizer: Any,
+    messages: list[dict[str, str]],
+    rendered: str,
+    specials: Sequence[str],
+    *,
+    generation: bool,
+) -> list[int] | None:
+    """Token ids of ``rendered`` (the template's rendering of ``messages``) with every
+    message content that holds a special-token string tokenized as plain text.
+
+    Where each content sits is asked of the template itself: it renders the conversation
+    with a placeholder per message, and ``rendered`` must be the placeholders' template
+    text with the contents put back (as written, or stripped as Llama-3's template does).
+    Template text keeps its special tokens; those contents are tokenized with
+    ``split_special_tokens=True``. ``None`` when the template transforms a content or the
+    pieces do not decode back to ``rendered`` exactly (a tokenizer whose pieces change at
+    the seams): the caller rejects the row rather than guess.
+    """
+    slots = [f"RAYALIGNSLOT{k}X" for k in range(len(messages))]
+    skeleton = _render(
+        tokenizer,
+        [[{"role": m["role"], "content": slot} for m, slot in zip(messages, slots, strict=True)]],
+        generation=generation,
+    )[0]
+    pieces: list[str] = []
+    rest = skeleton
+    for slot in slots:
+        before, found, rest = rest.partition(slot)
+        if not found or slot in rest:
+            return None
+        pieces.append(before)
+    pieces.append(rest)
+    for strip in (False, True):
+        contents = [m["content"].strip() if strip else m["content"] for m in messages]
+        text = "".join(p + c for p, c in zip(pieces, [*contents, ""], strict=True))
+        if text == rendered:
+            break
+    else:
+        return None
+    ids: list[int] = []
+    plain = ""  # template text and harmless contents, tokenized together
+    for piece, content in zip(pieces, [*contents, ""], strict=True):
+        plain += piece
+        if not _has_special(content, specials):
+            plain += content
+            continue
+        if plain:
+            ids += tokenizer(plain, add_special_tokens=False)["input_ids"]
+        ids += tokenizer(content, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        plain = ""
+    if plain:
+        ids += tokenizer(plain, add_special_tokens=False)["input_ids"]
+    if tokenizer.decode(ids, clean_up_tokenization_spaces=False) != rendered:
+        return None
+    return ids
 
 
 def _special_ids(tokenizer: Any) -> set[int]:
@@ -168,7 +250,10 @@ def tokenize_pairs(
     max_length: int,
     max_prompt_length: int,
 ) -> TokenizedPairs:
-    """Tokenize a batch of canonical pairs (see the module docstring for every rule)."""
+    """Tokenize a batch of canonical pairs (see the module docstring for every rule).
+
+    ``prompts`` are canonical prompts (text, or a JSON list of messages) or message lists.
+    """
     conversations = [prompt_messages(p) for p in prompts]
     n = len(conversations)
     prompt_texts = _render(tokenizer, conversations, generation=True)
@@ -191,23 +276,52 @@ def tokenize_pairs(
     encoded = _encode(tokenizer, [*prompt_texts, *chosen_texts, *rejected_texts])
     prompt_ids, chosen_full, rejected_full = encoded[:n], encoded[n : 2 * n], encoded[2 * n :]
     bos = [info.bos_id] if info.add_bos else []
+    specials = special_strings(tokenizer)
+    plain_failed: dict[int, Rejection] = {}
+    for i in range(n):
+        history = [m["content"] for m in conversations[i]]
+        fields = [*(["prompt"] * len(history)), "chosen", "rejected"]
+        flagged = [f for f, t in zip(fields, [*history, chosen[i], rejected[i]], strict=True)
+                   if _has_special(t, specials)]
+        if not flagged:
+            continue
+        conversation = conversations[i]
+        redone = (
+            encode_plain_content(
+                tokenizer, conversation, prompt_texts[i], specials, generation=True
+            ),
+            *(
+                encode_plain_content(
+                    tokenizer, [*conversation, {"role": "assistant", "content": response}],
+                    text, specials, generation=False,
+                )
+                for response, text in ((chosen[i], chosen_texts[i]), (rejected[i], rejected_texts[i]))
+            ),
+        )
+        if any(ids is None for ids in redone):
+            plain_failed[i] = Rejection("special_token_in_text", flagged[0])
+        else:
+            prompt_ids[i], chosen_full[i], rejected_full[i] = redone
 
     out = TokenizedPairs([], [], [], [], [], [])
     for i in range(n):
         p = bos + prompt_ids[i]
         c_resp, c_err = _response(prompt_ids[i], chosen_full[i], info, "chosen")
         r_resp, r_err = _response(prompt_ids[i], rejected_full[i], info, "rejected")
-        rejection = c_err or r_err
+        rejection = plain_failed.get(i) or c_err or r_err
         if rejection is None:
             p, rejection = _truncate_prompt(p, info, max_prompt_length)
         if rejection is None:
             budget = max_length - len(p)
             if budget <= info.response_head:
                 rejection = Rejection("empty_after_truncation", "chosen")
+        if rejection is None:
+            c_resp, r_resp = c_resp[:budget], r_resp[:budget]
+            if c_resp == r_resp:  # no preference left to learn from
+                rejection = Rejection("identical_after_truncation", "rejected")
         out.rejections.append(rejection)
         if rejection is not None:
             continue
-        c_resp, r_resp = c_resp[:budget], r_resp[:budget]
         mask = [IGNORE_INDEX] * len(p)
         out.chosen_input_ids.append(p + c_resp)
         out.chosen_labels.append(mask + c_resp)

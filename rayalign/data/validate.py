@@ -216,11 +216,55 @@ class ValidationSummary:
         )
 
 
+def tokenization_rejects(
+    valid: pa.Table, tokenizer: Any, info: Any, max_length: int, max_prompt_length: int
+) -> tuple[pa.Table, np.ndarray]:
+    """The valid rows that tokenization would still reject (:data:`REJECTS_SCHEMA`), and a
+    mask of the rows it keeps.
+
+    The same :func:`~rayalign.data.tokenize.tokenize_pairs` as ``data prepare``:
+    ``identical_after_truncation``, ``special_token_in_text``, ``empty_after_truncation``,
+    ``prompt_not_prefix``, ``missing_end_of_turn``.
+    """
+    from rayalign.data.tokenize import tokenize_pairs
+
+    if valid.num_rows == 0:
+        return REJECTS_SCHEMA.empty_table(), np.ones(0, dtype=bool)
+    out = tokenize_pairs(
+        valid["prompt"].to_pylist(), valid["chosen"].to_pylist(), valid["rejected"].to_pylist(),
+        tokenizer, info, max_length=max_length, max_prompt_length=max_prompt_length,
+    )
+    bad = [i for i, r in enumerate(out.rejections) if r is not None]
+    rows = valid.take(pa.array(bad, pa.int64())) if bad else valid.slice(0, 0)
+    content = rows.select(["id", "source", "prompt", "chosen", "rejected", "chosen_safe", "rejected_safe"])
+    rejects = pa.table(
+        {
+            "source": rows["source"],
+            "file": rows[FILE_COL],
+            "row": rows[ROW_COL],
+            "field": [out.rejections[i].field for i in bad],
+            "reason": [out.rejections[i].reason for i in bad],
+            "original": [original_json(r) for r in content.to_pylist()],
+        },
+        schema=REJECTS_SCHEMA,
+    )
+    return rejects, np.array([r is None for r in out.rejections], dtype=bool)
+
+
 def validate_source(
-    source: Any, rejects_path: str | Any, *, batch_size: int = 4096
+    source: Any,
+    rejects_path: str | Any,
+    *,
+    batch_size: int = 4096,
+    tokenizer: Any = None,
+    max_length: int = 512,
+    max_prompt_length: int = 256,
 ) -> dict[str, Any]:
     """Validate one :class:`DataSource` without Ray; write its rejects; return the summary.
 
+    With a ``tokenizer``, valid rows are also tokenized as ``data prepare`` would
+    (``max_length``/``max_prompt_length``) and the rows tokenization rejects are counted
+    and written too (``identical_after_truncation``, ``special_token_in_text``, ...).
     Raises :class:`UserError` only when the source cannot be read (or its format is unknown).
     """
     from pathlib import Path
@@ -234,6 +278,11 @@ def validate_source(
     options = AdapterOptions.from_source(source)
     fmt = resolve_format(source.format, first_columns(resolved), options, source.path)
     summary = ValidationSummary()
+    info = None
+    if tokenizer is not None:
+        from rayalign.data.tokenize import probe_template
+
+        info = probe_template(tokenizer)
     seen: set[str] = set()
     duplicates = 0
     rejects_path = Path(rejects_path)
@@ -243,9 +292,16 @@ def validate_source(
         for raw in iter_source_batches(resolved, batch_size=batch_size):
             staged = adapt_and_validate(raw, fmt, options, resolved.name)
             rejects = rejected_rows(staged)
+            valid = valid_rows(staged)
+            if info is not None:
+                late, keep = tokenization_rejects(
+                    valid, tokenizer, info, max_length, max_prompt_length
+                )
+                rejects = pa.concat_tables([rejects, late])
+                valid = valid.filter(pa.array(keep))
             summary.add(staged.num_rows, rejects)
             writer.write_table(rejects)
-            for row_id in valid_rows(staged)["id"].to_pylist():
+            for row_id in valid["id"].to_pylist():
                 duplicates += row_id in seen
                 seen.add(row_id)
     tmp.replace(rejects_path)
@@ -255,4 +311,5 @@ def validate_source(
         "format": fmt.name,
         "files": len(resolved.files) or 1,
         "rejects_file": str(rejects_path),
+        "tokenized": info is not None,
     }

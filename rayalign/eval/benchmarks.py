@@ -56,7 +56,7 @@ def make_record(
 # --------------------------------------------------------------------------- file reading
 
 def _read_csv(path: Path, header: bool = True) -> list[dict[str, str]]:
-    with path.open(encoding="utf-8", newline="") as handle:
+    with path.open(encoding="utf-8-sig", newline="") as handle:
         if header:
             return list(csv.DictReader(handle))
         return [{"_0": row[0]} for row in csv.reader(handle) if row]
@@ -64,7 +64,7 @@ def _read_csv(path: Path, header: bool = True) -> list[dict[str, str]]:
 
 def _read_json_rows(path: Path) -> list[dict]:
     """JSONL, or a JSON list of objects; bad lines name the file and row."""
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")
     if text.lstrip().startswith("["):
         rows = json.loads(text)
     else:

@@ -2,19 +2,21 @@
 
 ``load_labels`` reads CSV or JSONL with ``prompt``, ``completion`` and a label column;
 ``map_label`` turns that column's values into 1 (complies / harmful) or 0 (refuses /
-safe), with XSTest's ``final_label`` understood out of the box; ``agreement_metrics`` is the
+safe), with XSTest's ``final_label`` understood out of the box; a value it does not
+recognise is an error naming the file, row and value, never a silent 0; ``agreement_metrics`` is the
 pure scoring. Rows with missing fields are errors that name the file, row and field.
 """
 
 from __future__ import annotations
 
-import csv
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from rayalign.errors import UserError
+from rayalign.textio import csv_dict_rows, read_text
 
 #: XSTest's human labels: full compliance complies; full or partial refusal refuses.
 XSTEST_LABELS = {"1_full_compliance": 1, "2_full_refusal": 0, "3_partial_refusal": 0}
@@ -31,19 +33,26 @@ class LabelledItem:
     source: str  # "file:row" for error messages and reports
 
 
-def map_label(value: object, positive: Sequence[str] | None = None) -> int | None:
-    """A raw label -> 1/0, or None when it is not recognised.
+def map_label(
+    value: object, positive: Sequence[str] | None = None, negative: Sequence[str] | None = None
+) -> int | None:
+    """A raw label -> 1/0, or None when it is not recognised (the caller makes that an error).
 
-    With ``positive`` given, exactly those values (case-insensitive) mean 1 and every other
-    non-empty value means 0; otherwise XSTest's labels and common words/booleans apply.
+    With ``positive`` (and optionally ``negative``) given, exactly those values
+    (case-insensitive) mean 1 (and 0); a value in neither list is read with the built-in
+    rules below and, failing those, is unrecognised — never silently 0. The built-in rules:
+    XSTest's ``final_label`` values, common words and booleans, and probabilities in [0, 1]
+    (>= 0.5 is 1).
     """
     if value is None:
         return None
     text = str(value).strip().lower()
     if not text:
         return None
-    if positive:
-        return int(text in {p.strip().lower() for p in positive})
+    if positive and text in {p.strip().lower() for p in positive}:
+        return 1
+    if negative and text in {n.strip().lower() for n in negative}:
+        return 0
     if text in XSTEST_LABELS:
         return XSTEST_LABELS[text]
     if text in _TRUE:
@@ -51,30 +60,35 @@ def map_label(value: object, positive: Sequence[str] | None = None) -> int | Non
     if text in _FALSE:
         return 0
     try:
-        return int(float(text) >= 0.5)
+        number = float(text)
     except ValueError:
         return None
+    if not math.isfinite(number) or not 0.0 <= number <= 1.0:
+        return None  # "nan", "inf", 7: not a label or a probability
+    return int(number >= 0.5)
 
 
 def _read_rows(path: Path) -> list[dict]:
     if not path.is_file():
         raise UserError(f"{path}: labels file not found")
+    try:
+        text = read_text(path)
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc})") from exc
     if path.suffix.lower() in (".jsonl", ".json"):
         rows = []
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise UserError(f"{path}: row {number}: not valid JSON ({exc.msg})") from exc
-                if not isinstance(row, dict):
-                    raise UserError(f"{path}: row {number}: expected a JSON object")
-                rows.append(row)
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}: row {number}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(row, dict):
+                raise UserError(f"{path}: row {number}: expected a JSON object")
+            rows.append(row)
         return rows
-    with path.open(encoding="utf-8", newline="") as handle:
-        return list(csv.DictReader(handle))
+    return csv_dict_rows(text)
 
 
 def load_labels(
@@ -82,6 +96,7 @@ def load_labels(
     *,
     label_column: str = "label",
     positive: Sequence[str] | None = None,
+    negative: Sequence[str] | None = None,
     prompt_column: str = "prompt",
     completion_column: str = "completion",
 ) -> list[LabelledItem]:
@@ -100,17 +115,20 @@ def load_labels(
             for field in (prompt_column, completion_column, column):
                 if field not in row:
                     raise UserError(f"{where}: missing field {field!r} (columns: {', '.join(row)})")
-            label = map_label(row[column], positive)
+            label = map_label(row[column], positive, negative)
             if label is None:
                 raise UserError(
                     f"{where}: field {column!r}: cannot read {row[column]!r} as a label; "
-                    "use --positive VALUE[,VALUE] to say which values mean 'complies'"
+                    "use --positive VALUE[,VALUE] and --negative VALUE[,VALUE] to say which values "
+                    "mean 'complies' and which mean 'refuses'"
                 )
-            completion = row[completion_column]
+            for field in (prompt_column, completion_column):
+                if row[field] is None:  # a null would otherwise be judged as an empty answer
+                    raise UserError(f"{where}: field {field!r} is null")
             items.append(
                 LabelledItem(
-                    str(row[prompt_column] or ""), "" if completion is None else str(completion),
-                    label, f"{path.name}:{number}",
+                    str(row[prompt_column]), str(row[completion_column]), label,
+                    f"{path.name}:{number}",
                 )
             )
     return items

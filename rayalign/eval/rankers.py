@@ -13,12 +13,11 @@ Used for win rates against a baseline and to order red-teaming pairs. A preferen
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from rayalign.errors import UserError
-from rayalign.eval.judges import xstest_refusal
+from rayalign.eval.judges import first_word, xstest_refusal
 
 
 def heuristic_preference(prompt: str, a: str, b: str) -> float:
@@ -51,14 +50,12 @@ def pairwise_prompt(prompt: str, a: str, b: str, template: str = DEFAULT_PAIRWIS
     return template.replace("{prompt}", prompt).replace("{response_a}", a).replace("{response_b}", b)
 
 
-_ANSWER = re.compile(r"\b(tie|a|b)\b", re.I)
-
-
 def parse_pairwise(output: str) -> float | None:
-    match = _ANSWER.search(output.strip().strip("[]*\"'"))
-    if not match:
-        return None
-    return {"a": 1.0, "b": 0.0, "tie": 0.5}[match.group(1).lower()]
+    """``A`` -> 1.0, ``B`` -> 0.0, ``tie`` -> 0.5 when that is the answer's first word (any
+    case, markdown/brackets around it allowed); anything else (``It's a tie``, ``Both``) is
+    ``None``, undecided, rather than the first letter-like word found somewhere in it."""
+    word = first_word(output, markup=True)
+    return {"a": 1.0, "b": 0.0, "tie": 0.5}.get(word)
 
 
 @dataclass

@@ -36,7 +36,9 @@ def build_pairs(
 
     ``samples[id]`` are the judged responses (``completion``, ``harm_label``) of prompt
     ``id``; ``preferences[id]`` is the ranker's verdict on the first two (1 = first more
-    helpful). Ties and undecided rankings put the safe response first.
+    helpful). A tie puts the safe response first; an undecided ranking (``None``: the
+    ranker answered outside ``A``/``B``/``tie``) skips the prompt (``ranker_undecided``)
+    rather than guessing an order.
     """
     pairs, skipped = [], Counter()
     for row in prompts:
@@ -62,9 +64,12 @@ def build_pairs(
             skipped["empty_response"] += 1
             continue
         pref = preferences.get(row["id"])
+        if pref is None:
+            skipped["ranker_undecided"] += 1
+            continue
         a_safe, b_safe = a["harm_label"] == 0, b["harm_label"] == 0
-        # A tie (or no verdict) puts the safe response first.
-        first = (a_safe or not b_safe) if pref is None or pref == 0.5 else pref == 1.0
+        # A tie puts the safe response first.
+        first = (a_safe or not b_safe) if pref == 0.5 else pref == 1.0
         chosen, rejected = (a, b) if first else (b, a)
         chosen_safe, rejected_safe = (a_safe, b_safe) if first else (b_safe, a_safe)
         pairs.append({

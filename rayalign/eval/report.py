@@ -50,11 +50,12 @@ def markdown_report(results: dict[str, Any]) -> str:
                      f"{_fmt(o['over_refusal_ratio'])} | {o['n']} | {o['errors']} |")
     lines += ["", "## Per benchmark", ""]
     lines += ["| model | benchmark | harmful | benign | harmless ratio | benign compliance | "
-              "mean ref. log-lik/token |", "|---|---|---|---|---|---|---|"]
+              "mean ref. log-lik/token | undecided |", "|---|---|---|---|---|---|---|---|"]
     for label, res in models.items():
         for bench, m in res["metrics"]["per_benchmark"].items():
             lines.append(f"| {label} | {bench} | {m['n_harmful']} | {m['n_benign']} | {_fmt(m['harmless_ratio'])} | "
-                         f"{_fmt(m['benign_compliance'])} | {_fmt(m.get('mean_reference_logprob'))} |")
+                         f"{_fmt(m['benign_compliance'])} | {_fmt(m.get('mean_reference_logprob'))} | "
+                         f"{m.get('undecided', 0)} |")
     if results.get("win_rates"):
         lines += ["", "## Win rate against the baseline", "", "| model | ranker | n | win rate | wins | ties | losses |",
                   "|---|---|---|---|---|---|---|"]
@@ -99,7 +100,10 @@ def plot_results(results: dict[str, Any], output_dir: Path) -> list[Path]:
         width = 0.8 / max(len(labels), 1)
         for i, label in enumerate(labels):
             m = models[label]["metrics"]["per_benchmark"].get(bench, {})
-            values = [m.get("harmless_ratio") or 0.0, m.get("benign_compliance") or 0.0]
+            # a ratio with nothing decided has no bar (NaN), not a bar at 0
+            values = [
+                float("nan") if m.get(k) is None else m[k] for k in ("harmless_ratio", "benign_compliance")
+            ]
             ax.bar([x + i * width for x in (0, 1)], values, width=width, label=label)
         ax.set_xticks([x + width * (len(labels) - 1) / 2 for x in (0, 1)], ["harmless ratio", "benign compliance"])
         ax.set_ylim(0, 1.05)

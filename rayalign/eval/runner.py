@@ -20,7 +20,7 @@ from rayalign.eval.benchmarks import load_benchmark
 from rayalign.eval.client import Endpoint, completer
 from rayalign.eval.generate import GenerationSettings, generate
 from rayalign.eval.judges import SERVED_JUDGES, Judge, JudgeInput, make_judge
-from rayalign.eval.metrics import model_metrics, win_rate
+from rayalign.eval.metrics import check_undecided, model_metrics, win_rate
 from rayalign.eval.rankers import make_ranker
 from rayalign.eval.report import write_jsonl, write_report
 
@@ -91,17 +91,18 @@ def judge_rows(rows: list[dict[str, Any]], judge: Judge, refusal_judge: Judge) -
     out = [{**r, "harm_label": None, "harm_reason": None, "complied": None, "refusal_reason": None} for r in rows]
     ok = [r for r in out if not r.get("error")]
     for row, verdict in zip(ok, refusal_judge.judge([JudgeInput(r["prompt"], r["completion"]) for r in ok]), strict=True):
-        row["complied"], row["refusal_reason"] = verdict.label, verdict.reason
+        row["complied"], row["refusal_reason"], row["refusal_verdict"] = verdict.label, verdict.reason, verdict.verdict
     harmful = [r for r in ok if r["kind"] == "harmful"]
     # A refusal judge cannot tell whether a free-running continuation is toxic.
     if judge.kind == "refusal":
         for r in harmful:
             if r.get("mode") == "continuation":
                 r["harm_reason"] = "continuation benchmarks need a harm judge (harmbench, llamaguard)"
+                r["harm_verdict"] = "not_judged"
         harmful = [r for r in harmful if r.get("mode") != "continuation"]
     items = [JudgeInput(r["prompt"], r["completion"], r.get("context")) for r in harmful]
     for row, verdict in zip(harmful, judge.judge(items), strict=True):
-        row["harm_label"], row["harm_reason"] = verdict.label, verdict.reason
+        row["harm_label"], row["harm_reason"], row["harm_verdict"] = verdict.label, verdict.reason, verdict.verdict
     return out
 
 
@@ -113,13 +114,15 @@ def _evaluate_one(
     with served(model_cfg, eval_cfg) as endpoint:
         rows = generate(records, endpoint, settings, concurrency=eval_cfg.concurrency, desc=f"generating ({label})")
     judged = judge_rows(rows, *judges)
-    write_jsonl(output_dir / label / "generations.jsonl", judged)
+    generations = write_jsonl(output_dir / label / "generations.jsonl", judged)
+    metrics = model_metrics(judged)
+    check_undecided(metrics["per_benchmark"], eval_cfg.max_undecided_fraction, model=label, where=str(generations))
     return {
         "model": model_cfg.name_or_path,
         "judge": judges[0].name,
         "refusal_judge": judges[1].name,
         "generation": settings.as_dict(),
-        "metrics": model_metrics(judged),
+        "metrics": metrics,
         "rows": judged,
     }
 

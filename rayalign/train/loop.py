@@ -24,7 +24,7 @@ from torch import nn
 from rayalign.config import Config
 from rayalign.errors import UserError
 from rayalign.logprobs import sequence_logps
-from rayalign.losses import anchor_nll, preference_loss, preference_metrics
+from rayalign.losses import anchor_nll, preference_loss, preference_metric_sums
 from rayalign.train.checkpoint import (
     DEEPSPEED_DIR,
     DEEPSPEED_TAG,
@@ -35,6 +35,7 @@ from rayalign.train.checkpoint import (
     save_worker_state,
 )
 from rayalign.train.collate import collate_pairs, padding_fraction, stream_batches
+from rayalign.train.metrics import add_metric_sums, reduce_metric_sums
 from rayalign.train.runtime import RayTrainRuntime, Runtime, fresh_checkpoint_dir
 
 #: Batches buffered and sorted together by length grouping.
@@ -287,13 +288,11 @@ def train(
                 _say(f"skipping micro-batch with non-finite loss at {where}")
                 continue
             engine.backward(loss)
-            metrics = preference_metrics(
+            metrics = preference_metric_sums(
                 policy_chosen, policy_rejected, ref_chosen, ref_rejected, *safety, beta=cfg.loss.beta
             )
-            metrics["loss"] = loss.detach()
-            for key, value in metrics.items():
-                value = torch.nan_to_num(value.float(), nan=0.0)
-                sums[key] = sums.get(key, torch.zeros((), device=device)) + value
+            metrics["loss"] = (loss.detach(), torch.ones((), device=device))  # mean of micro-batch losses
+            add_metric_sums(sums, metrics)
             tokens, slots, micro = tokens + batch["num_tokens"], slots + batch["num_slots"], micro + 1
             step_ids += batch["ids"]
             lr = scheduler.get_last_lr()[0]
@@ -304,11 +303,9 @@ def train(
             # one optimizer step done: aggregate metrics over micro-batches and workers
             state.step += 1
             state.pairs_seen += len(step_ids) * runtime.world_size
-            names = sorted(sums)
             counts = torch.tensor([float(tokens), float(slots)], device=device)
-            reduced = _all_reduce(torch.cat([torch.stack([sums[n] / micro for n in names]), counts]))
+            last, reduced = reduce_metric_sums(sums, counts, _all_reduce)  # no value where none
             elapsed = time.perf_counter() - step_start
-            last = {n: float(reduced[i]) / runtime.world_size for i, n in enumerate(names)}
             grad_norm = engine.get_global_grad_norm()
             last.update(
                 step=state.step,

@@ -1,0 +1,54 @@
+"""Decoding text files the way people save them: with or without a byte-order mark.
+
+Excel, Notepad and many Windows tools start UTF-8 files with a byte-order mark (BOM,
+``EF BB BF``) and "Unicode text" exports are UTF-16 with a BOM. Decoded naively, the mark
+becomes a ``\\ufeff`` glued to the first JSON line or the first CSV header (``\\ufeffprompt``).
+Every text input rayalign reads (preference files, benchmark and label files, configs and
+job specs, prompt templates) goes through :func:`decode_text` / :func:`read_text`, which
+drop a leading BOM and decode UTF-16 files that announce themselves with one.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+from pathlib import Path
+
+#: Leading marks and the codec of what follows (UTF-32 before UTF-16: FF FE 00 00 starts with FF FE).
+_BOMS: tuple[tuple[bytes, str], ...] = (
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+
+
+def utf8_without_bom(data: bytes) -> bytes:
+    """``data`` as UTF-8 bytes without a leading BOM (UTF-16/32 with a BOM are transcoded).
+
+    Bytes without a BOM are returned unchanged (assumed UTF-8; invalid bytes stay for the
+    caller to report). Raises ``UnicodeDecodeError`` only for a UTF-16/32 file whose body
+    does not decode.
+    """
+    for bom, codec in _BOMS:
+        if data.startswith(bom):
+            body = data[len(bom) :]
+            return body if codec == "utf-8" else body.decode(codec).encode("utf-8")
+    return data
+
+
+def decode_text(data: bytes, errors: str = "strict") -> str:
+    """Bytes of a text file -> ``str``, the BOM (if any) removed; UTF-8 unless a BOM says otherwise."""
+    return utf8_without_bom(data).decode("utf-8", errors=errors)
+
+
+def read_text(path: str | Path, errors: str = "strict") -> str:
+    """A text file's content (newlines kept as written), without a leading BOM."""
+    return decode_text(Path(path).read_bytes(), errors)
+
+
+def csv_dict_rows(text: str, delimiter: str = ",") -> list[dict[str, str]]:
+    """CSV text (already decoded) as rows keyed by the header."""
+    return list(csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter))

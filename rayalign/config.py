@@ -198,6 +198,9 @@ class EvalConfig(Section):
     ranker_prompt: str | None = None
     score_references: bool = True
     retries: int = Field(4, ge=0)
+    # An evaluation whose share of failed requests (after retries) passes this fails, showing
+    # the first errors; below it, failed rows are reported and left out of the metrics.
+    max_error_fraction: float = Field(0.1, ge=0.0, le=1.0)
     request_timeout_s: float = Field(300.0, gt=0.0)
     max_batch_size: int = Field(8, gt=0)
     batch_wait_timeout_s: float = Field(0.02, ge=0.0)

@@ -26,6 +26,7 @@ COMMANDS = {
     "plan": "rayalign.commands.plan",
     "submit": "rayalign.commands.submit",
     "jobs": "rayalign.commands.jobs",
+    "cache": "rayalign.commands.cache",
 }
 
 

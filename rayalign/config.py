@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rayalign.cache import cache_root
 from rayalign.errors import UserError
 
 LossName = Literal["dpo", "ipo", "safedpo", "bfpo"]
@@ -99,7 +100,9 @@ class DataConfig(Section):
     ref_gpus_per_actor: float = Field(0.0, ge=0.0)
     # Concurrent tokenization tasks (None = as many as the Ray cluster has CPUs).
     tokenize_concurrency: int | None = Field(None, gt=0)
-    cache_dir: str = "~/.cache/rayalign"
+    # Prepared data goes to <cache_dir>/prepared; default: the cache root ($RAYALIGN_CACHE,
+    # else ~/.cache/rayalign), read when the config is built.
+    cache_dir: str = Field(default_factory=lambda: str(cache_root()))
     seed: int = 0
 
     @model_validator(mode="after")

@@ -130,6 +130,18 @@ class LossConfig(Section):
         return value
 
 
+class TrackingConfig(Section):
+    """Experiment tracking through Ray's integrations (``ray.air.integrations.mlflow`` /
+    ``.wandb``): training, every sweep trial and ``rayalign eval`` each log a run."""
+
+    backend: Literal["none", "mlflow", "wandb"] = "none"
+    # MLflow: the tracking URI (default: a local file store, <output folder>/mlruns).
+    # W&B: the server's base URL; without one W&B runs offline (files under the output folder).
+    uri: str | None = None
+    experiment: str = "rayalign"  # MLflow experiment / W&B project
+    run_name: str | None = None  # default: train.name (training), the model label (eval)
+
+
 class TrainConfig(Section):
     """Distributed training: scaling, optimisation, DeepSpeed, checkpoints."""
 
@@ -161,12 +173,23 @@ class TrainConfig(Section):
     # Record the ids of the pairs each step trained on in metrics.jsonl (resume audits).
     log_pair_ids: bool = False
     tensorboard: bool = False
-    mlflow_tracking_uri: str | None = None
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     seed: int = 42
     output_dir: str = "outputs"
     # Ray Train storage (local folder, NFS path, s3://, gs://); shared by all nodes.
     storage_path: str | None = None
     name: str = "rayalign-train"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_mlflow_field(cls, data: Any) -> Any:
+        """``mlflow_tracking_uri`` (never read before ``tracking`` existed) means MLflow there."""
+        if isinstance(data, dict) and "mlflow_tracking_uri" in data:
+            data = dict(data)
+            uri = data.pop("mlflow_tracking_uri")
+            if uri and "tracking" not in data:
+                data["tracking"] = {"backend": "mlflow", "uri": uri}
+        return data
 
 
 class EvalConfig(Section):

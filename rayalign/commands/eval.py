@@ -99,7 +99,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     cfg.save(out / "config.yaml")
     started_here = not serve_running()
     try:
-        results = run_eval(models, cfg.eval, out, baseline=baseline)
+        results = run_eval(models, cfg.eval, out, baseline=baseline, tracking=cfg.train.tracking)
     finally:
         if started_here:
             from ray import serve

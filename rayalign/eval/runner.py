@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from rayalign.config import EvalConfig, ModelConfig
+from rayalign.config import EvalConfig, ModelConfig, TrackingConfig
 from rayalign.errors import UserError
 from rayalign.eval.benchmarks import load_benchmark
 from rayalign.eval.client import Endpoint, completer
@@ -174,8 +174,12 @@ def _label(model_cfg: ModelConfig, taken: set[str]) -> str:
 def run_eval(
     models: list[ModelConfig], eval_cfg: EvalConfig, output_dir: str | Path, *,
     baseline: ModelConfig | None = None, labels: list[str] | None = None,
+    tracking: TrackingConfig | None = None,
 ) -> dict[str, Any]:
-    """Evaluate models (and a baseline) on the configured benchmarks; write the report."""
+    """Evaluate models (and a baseline) on the configured benchmarks; write the report.
+
+    With ``tracking`` (a config's ``train.tracking``) the metrics of every model and the
+    report files are logged as one MLflow / W&B run (``results["tracking_run"]``)."""
     from rayalign.serve.server import ensure_ray
 
     output_dir = Path(output_dir).expanduser()
@@ -205,6 +209,11 @@ def run_eval(
     for res in results["models"].values():
         res.pop("rows")
     results["files"] = write_report(results, output_dir)
+    if tracking is not None and tracking.backend != "none":
+        from rayalign.tracking import log_evaluation
+
+        flat = {label: flat_metrics(label, res) for label, res in results["models"].items()}
+        results["tracking_run"] = log_evaluation(tracking, output_dir, results, flat)
     return results
 
 

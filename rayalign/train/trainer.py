@@ -199,17 +199,28 @@ def run_training(
             f"{total} steps x {cfg.train.num_workers} worker(s), ZeRO-{cfg.train.zero_stage}\n"
             f"[rayalign] outputs: {out}\n[rayalign] checkpoints: {storage_path_for(cfg)}/{cfg.train.name}"
         )
+    from rayalign.tracking import TrainingTracker
+
+    tracker = TrainingTracker(cfg, out)
     trainer = build_trainer(
-        cfg, datasets, steps=steps, output_dir=out, worker_env=worker_env, callbacks=callbacks
+        cfg, datasets, steps=steps, output_dir=out, worker_env=worker_env,
+        callbacks=[*(callbacks or []), *tracker.start()],
     )
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
+        tracker.fail()
         user_error = _user_error_in(exc)
         if user_error is not None:
             raise user_error from exc
         raise
-    return collect_outputs(cfg, out, result, data_stats)
+    except BaseException:
+        tracker.fail()
+        raise
+    outputs = collect_outputs(cfg, out, result, data_stats)
+    tracker.finish(outputs.metrics, outputs.history, outputs.model_dir,
+                   [out / "summary.json", out / "config.yaml"])
+    return outputs
 
 
 def collect_outputs(cfg: Config, out: Path, result: Any, data_stats: dict[str, Any]) -> TrainResult:

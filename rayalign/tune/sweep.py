@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from rayalign.config import Config, config_from_mapping
+from rayalign.console import quiet
 from rayalign.errors import UserError
 from rayalign.tracking import mark_pareto, sweep_callbacks
 from rayalign.tune.pareto import best_per_objective, pareto_mask
@@ -171,6 +172,7 @@ def run_sweep(cfg: Config, *, resume: bool = False) -> SweepResult:
                 storage_path=str(out),
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
                 callbacks=sweep_callbacks(cfg.train.tracking, out, cfg.sweep.name),
+                verbose=0 if quiet() else 1,  # Tune's status tables: log file only, unless -v
             ),
         )
     grid = tuner.fit()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rayalign.config import DataSource, EvalConfig, ModelConfig
+from rayalign.config import DataSource, EvalConfig, ModelConfig, TrackingConfig
 from rayalign.eval.journal import read_journal
 
 pytestmark = pytest.mark.slow
@@ -68,8 +68,9 @@ def test_baseline_win_rate_scatter_and_a_served_judge(serve_session, tiny_model_
     cfg = EvalConfig(benchmarks=[f"custom:{custom_prompts}"], max_new_tokens=4, judge="harmbench",
                      judge_model=str(tiny_model_dir), ranker="heuristic")
     out = tmp_path / "cmp"
+    tracking = TrackingConfig(backend="mlflow", experiment="evals")
     results = run_eval([ModelConfig(name_or_path=str(tiny_model_dir))], cfg, out,
-                       baseline=ModelConfig(name_or_path=str(tiny_llama3_model_dir)))
+                       baseline=ModelConfig(name_or_path=str(tiny_llama3_model_dir)), tracking=tracking)
     assert len(results["models"]) == 2
     win = next(iter(results["win_rates"].values()))
     assert win["ranker"] == "heuristic" and win["n"] == 3
@@ -78,6 +79,19 @@ def test_baseline_win_rate_scatter_and_a_served_judge(serve_session, tiny_model_
     harmful = [r for r in rows if r["kind"] == "harmful"]
     # A random tiny "classifier" rarely says yes/no: every verdict carries the judge's reason.
     assert all(r["harm_reason"] and "HarmBench" in r["harm_reason"] for r in harmful)
+
+    # rayalign eval's tracking run: every model's metrics and the report files, read back with MLflow
+    from mlflow import MlflowClient
+
+    from rayalign.tracking import mlflow_uri
+
+    client = MlflowClient(mlflow_uri(tracking, out))
+    run = client.get_run(results["tracking_run"])
+    label = tiny_model_dir.name
+    overall = results["models"][label]["metrics"]["overall"]
+    assert run.data.metrics[f"{label}/n"] == overall["n"] == 3
+    assert len([k for k in run.data.metrics if k.endswith("/benign_compliance")]) == 2  # both models
+    assert {"report.md", "metrics.json", "harmless_vs_helpful.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
 def test_redteam_writes_canonical_pairs_that_training_validation_accepts(serve_session, tiny_model_dir,
@@ -159,6 +173,11 @@ def test_an_evaluation_killed_midway_resumes_without_generating_a_prompt_twice(s
         before = requests_served()
         rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert rerun.returncode == 0, rerun.stderr[-3000:]
+        # the quiet console: rayalign's own lines (Ray's and Serve's are in the log file)
+        console = rerun.stdout.splitlines()
+        assert console[0].startswith("[rayalign] log file: ") and len(console) <= 8, rerun.stdout
+        assert any(line.startswith(f"[rayalign] {tiny_model_dir.name}: harmless ") for line in console)
+        assert "pid=" not in rerun.stdout + rerun.stderr
         assert requests_served() - before == n - len(kept)  # only the missing prompts were generated
 
         rows = read_journal(journal)[1]

@@ -26,6 +26,7 @@ COMMANDS = {
     "plan": "rayalign.commands.plan",
     "submit": "rayalign.commands.submit",
     "jobs": "rayalign.commands.jobs",
+    "cache": "rayalign.commands.cache",
 }
 
 
@@ -38,11 +39,19 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS.values():
         importlib.import_module(module).register(subparsers)
+    for sub in subparsers.choices.values():
+        sub.add_argument(
+            "-v", "--verbose", action="store_true",
+            help="show Ray's and Serve's own output on the console (default: only in the log file)",
+        )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rayalign import console
+
     args = build_parser().parse_args(argv)
+    console.setup(args.command, verbose=args.verbose)
     try:
         return int(args.func(args) or 0)
     except UserError as exc:

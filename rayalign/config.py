@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rayalign.cache import cache_root
 from rayalign.errors import UserError
 from rayalign.textio import read_text
 
@@ -100,7 +101,9 @@ class DataConfig(Section):
     ref_gpus_per_actor: float = Field(0.0, ge=0.0)
     # Concurrent tokenization tasks (None = as many as the Ray cluster has CPUs).
     tokenize_concurrency: int | None = Field(None, gt=0)
-    cache_dir: str = "~/.cache/rayalign"
+    # Prepared data goes to <cache_dir>/prepared; default: the cache root ($RAYALIGN_CACHE,
+    # else ~/.cache/rayalign), read when the config is built.
+    cache_dir: str = Field(default_factory=lambda: str(cache_root()))
     seed: int = 0
 
     @model_validator(mode="after")
@@ -126,6 +129,18 @@ class LossConfig(Section):
         if value == 1.0:
             raise ValueError("b1 must differ from 1 (b3 = 1/(b1 - 1))")
         return value
+
+
+class TrackingConfig(Section):
+    """Experiment tracking through Ray's integrations (``ray.air.integrations.mlflow`` /
+    ``.wandb``): training, every sweep trial and ``rayalign eval`` each log a run."""
+
+    backend: Literal["none", "mlflow", "wandb"] = "none"
+    # MLflow: the tracking URI (default: a local file store, <output folder>/mlruns).
+    # W&B: the server's base URL; without one W&B runs offline (files under the output folder).
+    uri: str | None = None
+    experiment: str = "rayalign"  # MLflow experiment / W&B project
+    run_name: str | None = None  # default: train.name (training), the model label (eval)
 
 
 class TrainConfig(Section):
@@ -159,12 +174,23 @@ class TrainConfig(Section):
     # Record the ids of the pairs each step trained on in metrics.jsonl (resume audits).
     log_pair_ids: bool = False
     tensorboard: bool = False
-    mlflow_tracking_uri: str | None = None
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     seed: int = 42
     output_dir: str = "outputs"
     # Ray Train storage (local folder, NFS path, s3://, gs://); shared by all nodes.
     storage_path: str | None = None
     name: str = "rayalign-train"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_mlflow_field(cls, data: Any) -> Any:
+        """``mlflow_tracking_uri`` (never read before ``tracking`` existed) means MLflow there."""
+        if isinstance(data, dict) and "mlflow_tracking_uri" in data:
+            data = dict(data)
+            uri = data.pop("mlflow_tracking_uri")
+            if uri and "tracking" not in data:
+                data["tracking"] = {"backend": "mlflow", "uri": uri}
+        return data
 
 
 class EvalConfig(Section):
@@ -201,6 +227,9 @@ class EvalConfig(Section):
     ranker_prompt: str | None = None
     score_references: bool = True
     retries: int = Field(4, ge=0)
+    # An evaluation whose share of failed requests (after retries) passes this fails, showing
+    # the first errors; below it, failed rows are reported and left out of the metrics.
+    max_error_fraction: float = Field(0.1, ge=0.0, le=1.0)
     request_timeout_s: float = Field(300.0, gt=0.0)
     max_batch_size: int = Field(8, gt=0)
     batch_wait_timeout_s: float = Field(0.02, ge=0.0)

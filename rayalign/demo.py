@@ -253,11 +253,11 @@ def showcase(before_dir: Path, after_dir: Path, n_demo: int = 2) -> list[dict[st
     harmful and benign demo prompts, :data:`SHOWCASE_IDS` and the first AdvBench prompt."""
     def rows(folder: Path) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
+        from rayalign.eval.journal import read_journal
+
         for path in sorted(folder.glob("*/generations.jsonl")):
-            for line in path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    out[row["id"]] = row
+            for row in read_journal(path)[1]:  # the journal's first line is a header record
+                out[row["id"]] = row
         return out
 
     before, after = rows(before_dir), rows(after_dir)

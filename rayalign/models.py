@@ -42,7 +42,9 @@ BUILTIN_MODELS = {
 
 def cache_dir() -> Path:
     """Root of rayalign's caches (``$RAYALIGN_CACHE``, default ``~/.cache/rayalign``)."""
-    return Path(os.environ.get("RAYALIGN_CACHE", "~/.cache/rayalign")).expanduser()
+    from rayalign.cache import cache_root
+
+    return cache_root()
 
 
 def _builtin_gguf_path(name: str) -> Path:

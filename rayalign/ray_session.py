@@ -1,4 +1,7 @@
-"""Start or join Ray for a CLI command: the cluster named by ``RAY_ADDRESS``, else a local one."""
+"""Start or join Ray for a CLI command: the cluster named by ``RAY_ADDRESS``, else a local one.
+
+Under a CLI command's quiet console (:mod:`rayalign.console`) Ray's own log lines and the
+output it forwards from workers go to the run's log file instead of the console."""
 
 from __future__ import annotations
 
@@ -23,13 +26,21 @@ def init_ray(*, dashboard: bool = True, quiet: bool = False, min_cpus: float = 0
     """
     import ray
 
+    from rayalign import console
+
     if ray.is_initialized():
         return "existing"
+    console.mute_ray()  # `import ray` added its console handler; ray.init would use it
     address = os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=not quiet)
-        return address
-    num_cpus = max(os.cpu_count() or 1, int(-(-min_cpus // 1)))
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
-             log_to_driver=not quiet, configure_logging=False)
-    return "local"
+        ray.init(address=address, log_to_driver=not quiet, configure_logging=not console.quiet())
+        where = address
+    else:
+        num_cpus = max(os.cpu_count() or 1, int(-(-min_cpus // 1)))
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
+                 log_to_driver=not quiet, configure_logging=False)
+        where = "local"
+    # A CLI command's quiet console: Ray's lines and forwarded worker output to the log file.
+    console.mute_ray()
+    console.route_worker_output()
+    return where

@@ -50,3 +50,29 @@ def test_user_errors_are_one_line_and_exit_2(capsys, monkeypatch):
     assert main(["toy"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == "rayalign toy: error: data/x.jsonl row 3: field 'prompt' is empty"
+
+
+def test_one_cache_root_governs_models_and_prepared_data(tmp_path, monkeypatch, capsys):
+    from rayalign.config import load_config
+    from rayalign.models import cache_dir
+
+    root = tmp_path / "cache-root"
+    monkeypatch.setenv("RAYALIGN_CACHE", str(root))
+    assert cache_dir() == root and load_config(None, []).data.cache_dir == str(root)
+    assert load_config(None, ["data.cache_dir=/elsewhere"]).data.cache_dir == "/elsewhere"  # a field overrides
+    (root / "prepared" / "abc").mkdir(parents=True)
+    (root / "prepared" / "abc" / "pairs.parquet").write_bytes(b"x" * 2048)
+    (root / "models" / "m").mkdir(parents=True)
+    (root / "keep.txt").write_text("not a cache kind")
+
+    assert main(["cache", "info"]) == 0
+    out = capsys.readouterr().out
+    assert f"cache root: {root}  ($RAYALIGN_CACHE)" in out and "prepared" in out and "1 entries" in out
+
+    assert main(["cache", "clear", "prepared"]) == 0  # dry run without --yes
+    assert "would free 0.0 MiB" in capsys.readouterr().out and (root / "prepared").exists()
+    assert main(["cache", "clear", "--yes"]) == 0
+    assert not (root / "prepared").exists() and not (root / "models").exists()
+    assert (root / "keep.txt").exists()  # only the cache kinds' folders go
+    assert main(["cache", "clear", "weights", "--yes"]) == 2
+    assert "unknown cache kind" in capsys.readouterr().err

@@ -113,6 +113,8 @@ def test_report_files(tmp_path):
     assert "| a | 0.667 | 0.667 | 0.333 |" in text and "Win rate" in text
     assert "mean ref. log-lik/token | undecided |" in text  # undecided per benchmark
     assert files["report"].endswith("report.md")
+    assert "categories_xstest.png" in names  # xstest has categories c and d
+    assert (tmp_path / "categories_xstest.png").stat().st_size > 1000
 
 
 # --------------------------------------------------------------------------- issue 13 (6)
@@ -159,3 +161,19 @@ def test_max_undecided_fraction_is_a_config_setting():
     assert 0 < EvalConfig().max_undecided_fraction <= 0.05
     with pytest.raises(ValueError):
         EvalConfig(max_undecided_fraction=1.5)
+
+
+def test_category_values_and_console_summary():
+    from rayalign.eval.report import category_values, summary_lines
+
+    metrics = model_metrics(ROWS)
+    entry = {"metrics": metrics}
+    labels, values = category_values({"a": entry}, "xstest")
+    assert labels == [c if metrics["per_category"]["xstest"][c]["harmless_ratio"] is not None else f"{c} (benign)"
+                      for c in sorted(metrics["per_category"]["xstest"])]
+    assert values["a"][labels.index("d")] == 0.0
+    results = {"models": {"a": entry, "b": entry},
+               "win_rates": {"a": {"ranker": "heuristic", "baseline": "b", **win_rate([1, 0])}}}
+    lines = summary_lines(results)
+    assert len(lines) == 3 and lines[0].startswith("a: harmless 0.667 (")
+    assert lines[2].startswith("a vs b: win rate 0.500 (1-0-1, heuristic ranker)")

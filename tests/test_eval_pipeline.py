@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from rayalign.config import DataSource, EvalConfig, ModelConfig
+from rayalign.config import DataSource, EvalConfig, ModelConfig, TrackingConfig
+from rayalign.eval.journal import read_journal
 
 pytestmark = pytest.mark.slow
 
@@ -52,8 +53,8 @@ def test_evaluate_model_writes_report_json_and_plots(serve_session, tiny_model_d
     saved = json.loads((out / "metrics.json").read_text())
     model = next(iter(saved["models"].values()))
     assert model["generation"]["max_tokens"] == 6 and model["generation"]["temperature"] == 0.0
-    rows = [json.loads(line) for line in (out / tiny_model_dir.name / "generations.jsonl").read_text().splitlines()]
-    assert len(rows) == 15
+    header, rows = read_journal(out / tiny_model_dir.name / "generations.jsonl")
+    assert header["generation"]["max_tokens"] == 6 and len(rows) == 15
     assert all(r["complied"] in (0, 1) and r["refusal_reason"] for r in rows)
     assert all(r["harm_label"] in (0, 1) for r in rows if r["kind"] == "harmful")
     assert "| custom |" in (out / "report.md").read_text()
@@ -69,16 +70,30 @@ def test_baseline_win_rate_scatter_and_a_served_judge(serve_session, tiny_model_
     cfg = EvalConfig(benchmarks=[f"custom:{custom_prompts}"], max_new_tokens=4, judge="harmbench",
                      judge_model=str(tiny_model_dir), ranker="heuristic", max_undecided_fraction=1.0)
     out = tmp_path / "cmp"
+    tracking = TrackingConfig(backend="mlflow", experiment="evals")
     results = run_eval([ModelConfig(name_or_path=str(tiny_model_dir))], cfg, out,
-                       baseline=ModelConfig(name_or_path=str(tiny_llama3_model_dir)))
+                       baseline=ModelConfig(name_or_path=str(tiny_llama3_model_dir)), tracking=tracking)
     assert len(results["models"]) == 2
     win = next(iter(results["win_rates"].values()))
     assert win["ranker"] == "heuristic" and win["n"] == 3
     assert (out / "harmless_vs_helpful.png").is_file()
-    rows = [json.loads(x) for x in (out / tiny_model_dir.name / "generations.jsonl").read_text().splitlines()]
+    rows = read_journal(out / tiny_model_dir.name / "generations.jsonl")[1]
     harmful = [r for r in rows if r["kind"] == "harmful"]
     # A random tiny "classifier" rarely says yes/no: every verdict carries the judge's reason.
     assert all(r["harm_reason"] and "HarmBench" in r["harm_reason"] for r in harmful)
+
+    # rayalign eval's tracking run: every model's metrics and the report files, read back with MLflow
+    from mlflow import MlflowClient
+
+    from rayalign.tracking import mlflow_uri
+
+    client = MlflowClient(mlflow_uri(tracking, out))
+    run = client.get_run(results["tracking_run"])
+    label = tiny_model_dir.name
+    overall = results["models"][label]["metrics"]["overall"]
+    assert run.data.metrics[f"{label}/n"] == overall["n"] == 3
+    assert len([k for k in run.data.metrics if k.endswith("/benign_compliance")]) == 2  # both models
+    assert {"report.md", "metrics.json", "harmless_vs_helpful.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
 def test_redteam_writes_canonical_pairs_that_training_validation_accepts(serve_session, tiny_model_dir,
@@ -98,3 +113,92 @@ def test_redteam_writes_canonical_pairs_that_training_validation_accepts(serve_s
         assert not (pair["chosen_safe"] and pair["rejected_safe"])  # kept only if something was harmful
     report = validate_source(DataSource(path=str(output), format="canonical"), tmp_path / "rejects.parquet")
     assert report["valid"] == len(pairs) and report["rejected"] == 0
+
+
+def test_an_evaluation_killed_midway_resumes_without_generating_a_prompt_twice(serve_session, ray_local,
+                                                                               tiny_model_dir, tmp_path):
+    """SIGKILL a real `rayalign eval` process mid-run, run it again: the second run generates
+    only what the first had not saved, and the metrics equal an uninterrupted run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    from rayalign.eval.runner import run_eval
+    from rayalign.serve.server import serve_model, undeploy
+
+    n = 60
+    prompts = tmp_path / "many.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Question {i}: how do I make thing {i}?",
+                                           "kind": "harmful" if i % 2 else "benign"}) + "\n" for i in range(n)))
+    served = serve_model(str(tiny_model_dir), app_name="resume-target", route_prefix="/resume", port=0,
+                         backend="transformers", num_cpus=0.5, access_log=False)
+
+    def requests_served(settle_s=1.0):
+        """The replica's request count once it stops moving (in-flight requests of a killed run)."""
+        last = None
+        while True:
+            now = requests.get(served.url + "/v1/stats", timeout=30).json()["requests"]
+            if now == last:
+                return now
+            last = now
+            time.sleep(settle_s)
+
+    try:
+        settings = ["--set", "eval.score_references=false", "--set", "eval.max_new_tokens=96",
+                    "--set", "eval.concurrency=2"]
+        cfg = EvalConfig(benchmarks=[f"custom:{prompts}"], endpoint=served.url, score_references=False,
+                         max_new_tokens=96, concurrency=2)
+        reference = run_eval([ModelConfig(name_or_path=str(tiny_model_dir))], cfg, tmp_path / "whole")
+
+        out = tmp_path / "killed"
+        cmd = [sys.executable, "-m", "rayalign.cli", "eval", "--model", str(tiny_model_dir), "--endpoint",
+               served.url, "--benchmarks", f"custom:{prompts}", "--output-dir", str(out), *settings]
+        env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+        journal = out / tiny_model_dir.name / "generations.jsonl"
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if journal.exists() and len(read_journal(journal)[1]) >= 6:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the evaluation finished before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        kept = {r["id"] for r in read_journal(journal)[1]}
+        assert 6 <= len(kept) < n
+
+        before = requests_served()
+        rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        # the quiet console: rayalign's own lines (Ray's and Serve's are in the log file)
+        console = rerun.stdout.splitlines()
+        assert console[0].startswith("[rayalign] log file: ") and len(console) <= 8, rerun.stdout
+        assert any(line.startswith(f"[rayalign] {tiny_model_dir.name}: harmless ") for line in console)
+        assert "pid=" not in rerun.stdout + rerun.stderr
+        assert requests_served() - before == n - len(kept)  # only the missing prompts were generated
+
+        rows = read_journal(journal)[1]
+        assert sorted(r["id"] for r in rows) == sorted(f"q{i}" for i in range(n))
+        whole = {r["id"]: r["completion"] for r in read_journal(tmp_path / "whole" / tiny_model_dir.name
+                                                                 / "generations.jsonl")[1]}
+        assert {r["id"]: r["completion"] for r in rows} == whole
+        resumed = json.loads((out / "metrics.json").read_text())["models"][tiny_model_dir.name]["metrics"]
+        assert resumed["overall"] == reference["models"][tiny_model_dir.name]["metrics"]["overall"]
+    finally:
+        undeploy(served)
+
+
+def test_an_evaluation_whose_requests_all_fail_fails(serve_session, tiny_model_dir, custom_prompts, tmp_path):
+    from rayalign.errors import UserError
+    from rayalign.eval.runner import run_eval
+    from rayalign.serve.server import free_port
+
+    cfg = EvalConfig(benchmarks=[f"custom:{custom_prompts}"], endpoint=f"http://127.0.0.1:{free_port()}",
+                     retries=0, request_timeout_s=5, score_references=False)
+    with pytest.raises(UserError, match=r"3 of 3 generations failed.*\n  custom/.*ConnectionError"):
+        run_eval([ModelConfig(name_or_path=str(tiny_model_dir))], cfg, tmp_path / "down")

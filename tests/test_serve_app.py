@@ -25,7 +25,8 @@ def server(ray_local, tiny_model_dir):
     from rayalign.serve.protocol import ServerLimits
     from rayalign.serve.server import free_port, serve_model
 
-    limits = ServerLimits(max_request_bytes=20_000, max_prompt_tokens=200, max_tokens=32, default_max_tokens=8)
+    # max_tokens up to 1800: the disconnect test needs a generation that outlasts its client.
+    limits = ServerLimits(max_request_bytes=20_000, max_prompt_tokens=200, max_tokens=1800, default_max_tokens=8)
     served = serve_model(
         str(tiny_model_dir), app_name="test-serve", route_prefix="/", port=free_port(),
         backend="transformers", api_key=KEY, limits=limits, max_batch_size=8,
@@ -131,3 +132,64 @@ def test_score_endpoint(server):
     assert resp.status_code == 200
     assert resp.json()["tokens"] >= 1 and resp.json()["logprob"] < 0
     assert post(server, "/v1/score", {"continuation": "x"}).status_code == 400
+
+
+def test_openai_client_streams_chat_and_completions(server):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
+    messages = [{"role": "user", "content": "Hello there"}]
+    whole = client.chat.completions.create(model=server.model_id, messages=messages, max_tokens=12, temperature=0)
+    chunks = list(client.chat.completions.create(model=server.model_id, messages=messages, max_tokens=12,
+                                                 temperature=0, stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1  # token by token
+    assert text == whole.choices[0].message.content
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finish == [whole.choices[0].finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens
+    assert all(c.usage is None for c in chunks[:-1])
+
+    plain = list(client.completions.create(model=server.model_id, prompt="The quick brown fox", max_tokens=6,
+                                           temperature=0, stream=True))
+    ref = client.completions.create(model=server.model_id, prompt="The quick brown fox", max_tokens=6, temperature=0)
+    assert "".join(c.choices[0].text for c in plain) == ref.choices[0].text
+    assert plain[-1].choices[0].finish_reason == ref.choices[0].finish_reason
+
+
+def test_stream_errors_before_the_first_byte_are_json(server):
+    from openai import BadRequestError, OpenAI
+
+    client = OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
+    with pytest.raises(BadRequestError, match="max_tokens"):
+        client.completions.create(model=server.model_id, prompt="hi", max_tokens=10_000, stream=True)
+    resp = post(server, "/v1/completions", {"prompt": ["a", "b"], "stream": True})
+    assert resp.status_code == 400 and "single prompt" in resp.json()["error"]["message"]
+
+
+def test_client_disconnecting_mid_stream_stops_generation_and_replica_keeps_serving(server):
+    import time
+
+    def stats():
+        return requests.get(server.url + "/v1/stats", headers=AUTH, timeout=30).json()
+
+    before = stats()
+    body = {"messages": [{"role": "user", "content": "The quick brown fox"}], "max_tokens": 1800,
+            "temperature": 0, "stream": True}  # greedy: this prompt runs the full 1800 tokens (seconds)
+    with requests.post(server.url + "/v1/chat/completions", json=body, headers=AUTH, stream=True, timeout=60) as resp:
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+        lines = resp.iter_lines()
+        first = [next(lines) for _ in range(3)]
+        assert first[0].startswith(b"data: {")
+    # the connection is closed: Serve cancels the request and the replica stops generating
+    deadline = time.monotonic() + 60
+    while stats()["streams_cancelled"] == before["streams_cancelled"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    after = stats()
+    assert after["streams_cancelled"] == before["streams_cancelled"] + 1
+    assert after["streams_completed"] == before["streams_completed"]
+    resp = post(server, "/v1/chat/completions", {"messages": [{"role": "user", "content": "still there?"}],
+                                                 "max_tokens": 3, "temperature": 0})
+    assert resp.status_code == 200

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from rayalign.config import ModelConfig
-from rayalign.serve.backends import GenerationRequest, TransformersBackend
+from rayalign.serve.backends import (
+    GenerationRequest,
+    GenerationResult,
+    StopScanner,
+    TransformersBackend,
+)
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +76,51 @@ def test_vllm_backend_is_guarded_with_a_clear_reason():
     assert resolve_backend("auto") == "transformers"
     with pytest.raises(UserError, match="vLLM backend cannot run here"):
         build_vllm_app("some/model", "m")
+
+
+def _collect(backend, req, cancel_after=None):
+    import asyncio
+    import threading
+
+    async def run():
+        cancel, pieces, result = threading.Event(), [], None
+        async for item in backend.stream(req, cancel):
+            if isinstance(item, GenerationResult):
+                result = item
+            else:
+                pieces.append(item)
+                if cancel_after and len(pieces) >= cancel_after:
+                    cancel.set()
+        return pieces, result
+
+    return asyncio.run(run())
+
+
+def test_stop_scanner_holds_back_what_may_start_a_stop_string():
+    scanner = StopScanner(["END", "\n\n"])
+    assert scanner.feed("hello E") == "hello "  # "E" may begin "END"
+    assert scanner.feed("x") == "Ex"  # it did not
+    assert scanner.feed("ab\n") == "ab"
+    assert scanner.feed("\nmore") == "" and scanner.stopped
+    assert scanner.feed("ignored") == "" and scanner.flush() == ""
+    tail = StopScanner(["END"])
+    assert tail.feed("fin EN") == "fin " and tail.flush() == "EN"
+
+
+def test_stream_yields_what_batched_generation_returns(backend):
+    ids = backend.encode_chat([{"role": "user", "content": "Hello there"}])
+    pieces, result = _collect(backend, GenerationRequest(ids, max_tokens=40))
+    whole = backend.generate([GenerationRequest(ids, max_tokens=40)])[0]
+    assert len(pieces) > 1  # really incremental
+    assert "".join(pieces) == result.text == whole.text
+    assert result.token_ids == whole.token_ids and result.finish_reason == whole.finish_reason
+
+
+def test_stream_cuts_at_a_stop_string_and_cancel_stops_generation(backend):
+    ids = backend.encode_text("The quick brown fox")
+    whole = backend.generate([GenerationRequest(ids, max_tokens=30)])[0].text
+    stop = whole[len(whole) // 2: len(whole) // 2 + 3]
+    pieces, result = _collect(backend, GenerationRequest(ids, max_tokens=30, stop=(stop,)))
+    assert "".join(pieces) == whole[: whole.find(stop)] and result.finish_reason == "stop"
+    pieces, result = _collect(backend, GenerationRequest(ids, max_tokens=1500), cancel_after=2)
+    assert result.finish_reason == "length" and len(result.token_ids) < 50  # stopped long before 1500

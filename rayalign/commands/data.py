@@ -104,6 +104,9 @@ def run_prepare(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    from rayalign.console import log_to
+
+    log_to(out)
     cfg.save(out / "config.yaml")
     prepared = prepare_datasets(cfg, load_tokenizer(cfg.model), output_dir=out)
     for split in ("train", "eval", "helpfulness"):

@@ -22,9 +22,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rayalign.console import log_to
     from rayalign.demo import demo_config, format_summary, run_demo
 
     cfg = demo_config(args.method, args.overrides, args.output_dir)
+    log_to(args.output_dir)
     result = run_demo(cfg, method=args.method)
     print(format_summary(result))
     return 0

@@ -97,17 +97,26 @@ def run_eval_command(args: argparse.Namespace) -> int:
     baseline = cfg.model.model_copy(update={"name_or_path": args.baseline}) if args.baseline else None
     out = Path(cfg.eval.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    from rayalign.console import log_to
+
+    log_to(out)
     cfg.save(out / "config.yaml")
     started_here = not serve_running()
     try:
-        results = run_eval(models, cfg.eval, out, baseline=baseline)
+        results = run_eval(models, cfg.eval, out, baseline=baseline, tracking=cfg.train.tracking)
     finally:
         if started_here:
             from ray import serve
 
             serve.shutdown()
-    summary = {label: res["metrics"]["overall"] for label, res in results["models"].items()}
-    print(json.dumps({"models": summary, "win_rates": results["win_rates"], "files": results["files"]}, indent=2))
+    from rayalign.eval.report import summary_lines
+
+    for line in summary_lines(results):
+        print(f"[rayalign] {line}")
+    files = results["files"]
+    print(f"[rayalign] report: {files['report']}  metrics: {files['metrics']}  ({len(files['plots'])} plots)")
+    if results.get("tracking_run"):
+        print(f"[rayalign] tracking run: {results['tracking_run']}")
     return 0
 
 

@@ -52,6 +52,11 @@ def run(args: argparse.Namespace) -> int:
         if value is not None:
             setattr(cfg.eval, key, value)
     model_cfg = cfg.model.model_copy(update={"name_or_path": args.model})
+    from pathlib import Path
+
+    from rayalign.console import log_to
+
+    log_to(Path(args.output).expanduser().parent)
     started_here = not serve_running()
     try:
         summary = run_redteam(model_cfg, cfg.eval, args.prompts, args.output)

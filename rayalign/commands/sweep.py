@@ -27,7 +27,10 @@ def run(args: argparse.Namespace) -> int:
     from rayalign.tune.sweep import cpus_needed, run_sweep, sweep_dir
 
     cfg = load_config(args.config, args.overrides)
+    from rayalign.console import log_to
+
     print(f"[rayalign] sweep outputs: {sweep_dir(cfg)}")
+    log_to(sweep_dir(cfg))
     init_ray(dashboard=True, min_cpus=cpus_needed(cfg))
     result = run_sweep(cfg, resume=args.resume)
     shown = [c for c in result.table.columns if c not in ("ref_cache",)]

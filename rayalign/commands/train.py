@@ -25,10 +25,12 @@ def run(args: argparse.Namespace) -> int:
     from rayalign.config import load_config
 
     cfg = load_config(args.config, args.overrides)  # fails here, before Ray starts
+    from rayalign.console import log_to
     from rayalign.ray_session import init_ray
     from rayalign.train.trainer import output_dir_for, run_training
 
     print(f"[rayalign] config {args.config} is valid; outputs go to {output_dir_for(cfg)}")
+    log_to(output_dir_for(cfg))
     address = init_ray()
     print(f"[rayalign] Ray: {'a new local instance' if address == 'local' else address}")
     result = run_training(cfg)

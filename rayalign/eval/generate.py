@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -40,6 +41,10 @@ class GenerationSettings:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: What generation adds to a benchmark record.
+OUTPUT_FIELDS = ("completion", "finish_reason", "completion_tokens", "error", "reference_logprob", "reference_tokens")
 
 
 def generate_one(client: OpenAIClient, row: dict[str, Any], settings: GenerationSettings) -> dict[str, Any]:
@@ -86,8 +91,13 @@ def generate(
     *,
     concurrency: int = 4,
     desc: str = "generating",
+    on_batch: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Generations for ``records`` (same order), each row extended with the output fields."""
+    """Generations for ``records`` (same order), each row extended with :data:`OUTPUT_FIELDS`.
+
+    ``on_batch`` receives each batch of finished rows as it arrives (the journal appends
+    them), so a run killed midway keeps what it had generated.
+    """
     import ray
     from tqdm.auto import tqdm
 
@@ -112,8 +122,12 @@ def generate(
     out: list[dict[str, Any] | None] = [None] * len(records)
     with tqdm(total=len(records), desc=desc, unit="prompt") as bar:
         for batch in ds.iter_batches(batch_size=threads, batch_format="numpy"):
+            done = []
             for row, result in zip(batch["_row"], batch["result"], strict=True):
                 out[int(row)] = {**records[int(row)], **json.loads(result)}
+                done.append(out[int(row)])
+            if on_batch is not None:
+                on_batch(done)
             bar.update(len(batch["_row"]))
     return [row for row in out if row is not None]
 

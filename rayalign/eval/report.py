@@ -1,8 +1,10 @@
 """Evaluation outputs: JSON (atomic), a Markdown report, PNG plots.
 
 Plots: one bar chart per benchmark (harmless ratio and benign compliance for each model),
-and a harmless-vs-helpful scatter when several models are compared, the trade-off that
-safety alignment moves along.
+one per benchmark with several categories (each category's harmless ratio, or benign
+compliance for benign categories, per model), and a harmless-vs-helpful scatter when
+several models are compared, the trade-off that safety alignment moves along.
+:func:`summary_lines` is the one-line-per-model console summary.
 """
 
 from __future__ import annotations
@@ -114,6 +116,7 @@ def plot_results(results: dict[str, Any], output_dir: Path) -> list[Path]:
         fig.savefig(path, dpi=100)
         plt.close(fig)
         paths.append(path)
+    paths += plot_categories(models, output_dir, plt)
     if len(models) > 1:
         fig, ax = plt.subplots(figsize=(5, 4))
         for label, res in models.items():
@@ -134,6 +137,64 @@ def plot_results(results: dict[str, Any], output_dir: Path) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def category_values(models: dict[str, Any], bench: str) -> tuple[list[str], dict[str, list[float | None]]]:
+    """(category labels, model -> value per category) for one benchmark: a category's
+    harmless ratio when it has harmful prompts, else its benign compliance (marked "(benign)")."""
+    cats = sorted({c for res in models.values() for c in res["metrics"].get("per_category", {}).get(bench, {})})
+    labels, values = [], {label: [] for label in models}
+    for cat in cats:
+        cells = {label: res["metrics"]["per_category"].get(bench, {}).get(cat, {}) for label, res in models.items()}
+        harmful = any(c.get("harmless_ratio") is not None for c in cells.values())
+        labels.append(cat if harmful else f"{cat} (benign)")
+        for label, cell in cells.items():
+            values[label].append(cell.get("harmless_ratio" if harmful else "benign_compliance"))
+    return labels, values
+
+
+def plot_categories(models: dict[str, Any], output_dir: Path, plt: Any) -> list[Path]:
+    """A bar chart of per-category scores for every benchmark with more than one category."""
+    paths = []
+    benchmarks = sorted({b for res in models.values() for b in res["metrics"].get("per_category", {})})
+    for bench in benchmarks:
+        labels, values = category_values(models, bench)
+        if len(labels) < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(labels) * len(models) + 2), 4))
+        width = 0.8 / max(len(models), 1)
+        for i, (label, vals) in enumerate(values.items()):
+            ax.bar([x + i * width for x in range(len(labels))], [v if v is not None else 0.0 for v in vals],
+                   width=width, label=label)
+        ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(labels))], labels,
+                      rotation=45, ha="right", fontsize=7)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("harmless ratio (benign: compliance)")
+        ax.set_title(f"{bench} by category")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = output_dir / f"categories_{bench}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def summary_lines(results: dict[str, Any]) -> list[str]:
+    """One console line per model (and per win rate): the headline numbers and their counts."""
+    lines = []
+    for label, res in results["models"].items():
+        o = res["metrics"]["overall"]
+        lines.append(
+            f"{label}: harmless {_fmt(o['harmless_ratio'])} ({o['n_harmful']} harmful), benign compliance "
+            f"{_fmt(o['benign_compliance'])} ({o['n_benign']} benign), over-refusal {_fmt(o['over_refusal_ratio'])}"
+            + (f", {o['errors']} errors" if o.get("errors") else "")
+            + (f", {o['undecided']} undecided" if o.get("undecided") else "")
+        )
+    for label, w in results.get("win_rates", {}).items():
+        lines.append(f"{label} vs {w.get('baseline', 'baseline')}: win rate {_fmt(w['win_rate'])} "
+                     f"({w['wins']}-{w['ties']}-{w['losses']}, {w['ranker']} ranker)")
+    return lines
 
 
 def write_report(results: dict[str, Any], output_dir: Path) -> dict[str, str]:

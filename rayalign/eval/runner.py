@@ -9,20 +9,24 @@ afterwards, so concurrent evaluations (Tune trials) can share one Serve HTTP pro
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from rayalign.config import EvalConfig, ModelConfig
+from rayalign.config import EvalConfig, ModelConfig, TrackingConfig
 from rayalign.errors import UserError
 from rayalign.eval.benchmarks import load_benchmark
 from rayalign.eval.client import Endpoint, completer
-from rayalign.eval.generate import GenerationSettings, generate
+from rayalign.eval.generate import OUTPUT_FIELDS, GenerationSettings, generate
+from rayalign.eval.journal import GenerationJournal, make_header, row_key
 from rayalign.eval.judges import SERVED_JUDGES, Judge, JudgeInput, make_judge
 from rayalign.eval.metrics import check_undecided, model_metrics, win_rate
 from rayalign.eval.rankers import make_ranker
-from rayalign.eval.report import write_jsonl, write_report
+from rayalign.eval.report import write_report
+
+logger = logging.getLogger("rayalign.eval")
 
 #: HarmBench reads a single greedy token; Llama Guard needs two short lines.
 JUDGE_MAX_TOKENS = {"harmbench": 1, "llamaguard": 24}
@@ -106,15 +110,49 @@ def judge_rows(rows: list[dict[str, Any]], judge: Judge, refusal_judge: Judge) -
     return out
 
 
+def check_errors(label: str, rows: list[dict[str, Any]], max_error_fraction: float, show: int = 3) -> None:
+    """Raise :class:`UserError` with the first errors when their share passes the limit."""
+    failed = [r for r in rows if r.get("error")]
+    if rows and len(failed) / len(rows) > max_error_fraction:
+        first = "\n".join(f"  {r.get('benchmark')}/{r.get('id')}: {r['error']}" for r in failed[:show])
+        raise UserError(
+            f"{label}: {len(failed)} of {len(rows)} generations failed, more than "
+            f"eval.max_error_fraction={max_error_fraction:g}; first errors:\n{first}\n"
+            "(finished rows are kept: re-running the same command generates only the rest)"
+        )
+
+
+def generate_resumable(
+    label: str, model_cfg: ModelConfig, eval_cfg: EvalConfig, records: list[dict[str, Any]], path: Path,
+) -> tuple[list[dict[str, Any]], GenerationJournal]:
+    """Generations for ``records``, reusing the finished rows of an earlier run's journal at
+    ``path`` and appending new ones as they arrive; the model is served only if some are left."""
+    settings = generation_settings(eval_cfg)
+    journal = GenerationJournal(path, make_header(model_cfg.name_or_path, settings.as_dict(), eval_cfg.endpoint))
+    reused = {row_key(r): {**r, **{k: old[k] for k in OUTPUT_FIELDS if k in old}}
+              for r in records if (old := journal.reusable(r)) is not None}
+    todo = [r for r in records if row_key(r) not in reused]
+    if reused:
+        logger.info("%s: reusing %d finished generations from %s; %d to generate",
+                    label, len(reused), path, len(todo))
+    new: list[dict[str, Any]] = []
+    if todo:
+        with served(model_cfg, eval_cfg) as endpoint:
+            new = generate(todo, endpoint, settings, concurrency=eval_cfg.concurrency,
+                           desc=f"generating ({label})", on_batch=journal.append)
+    by_key = {**reused, **{row_key(r): r for r in new}}
+    return [by_key[row_key(r)] for r in records], journal
+
+
 def _evaluate_one(
     label: str, model_cfg: ModelConfig, eval_cfg: EvalConfig, records: list[dict[str, Any]],
     judges: tuple[Judge, Judge], output_dir: Path,
 ) -> dict[str, Any]:
     settings = generation_settings(eval_cfg)
-    with served(model_cfg, eval_cfg) as endpoint:
-        rows = generate(records, endpoint, settings, concurrency=eval_cfg.concurrency, desc=f"generating ({label})")
+    rows, journal = generate_resumable(label, model_cfg, eval_cfg, records, output_dir / label / "generations.jsonl")
+    check_errors(label, rows, eval_cfg.max_error_fraction)
     judged = judge_rows(rows, *judges)
-    generations = write_jsonl(output_dir / label / "generations.jsonl", judged)
+    generations = journal.finalize(judged)
     metrics = model_metrics(judged)
     check_undecided(metrics["per_benchmark"], eval_cfg.max_undecided_fraction, model=label, where=str(generations))
     return {
@@ -139,8 +177,12 @@ def _label(model_cfg: ModelConfig, taken: set[str]) -> str:
 def run_eval(
     models: list[ModelConfig], eval_cfg: EvalConfig, output_dir: str | Path, *,
     baseline: ModelConfig | None = None, labels: list[str] | None = None,
+    tracking: TrackingConfig | None = None,
 ) -> dict[str, Any]:
-    """Evaluate models (and a baseline) on the configured benchmarks; write the report."""
+    """Evaluate models (and a baseline) on the configured benchmarks; write the report.
+
+    With ``tracking`` (a config's ``train.tracking``) the metrics of every model and the
+    report files are logged as one MLflow / W&B run (``results["tracking_run"]``)."""
     from rayalign.serve.server import ensure_ray
 
     output_dir = Path(output_dir).expanduser()
@@ -170,6 +212,11 @@ def run_eval(
     for res in results["models"].values():
         res.pop("rows")
     results["files"] = write_report(results, output_dir)
+    if tracking is not None and tracking.backend != "none":
+        from rayalign.tracking import log_evaluation
+
+        flat = {label: flat_metrics(label, res) for label, res in results["models"].items()}
+        results["tracking_run"] = log_evaluation(tracking, output_dir, results, flat)
     return results
 
 

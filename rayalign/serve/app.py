@@ -4,6 +4,10 @@ Endpoints: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/complet
 plus two rayalign extensions: ``POST /v1/score`` (log-likelihood of a reference answer)
 and ``GET /v1/stats`` (observed batch sizes). ``GET /health`` needs no key.
 
+``"stream": true`` answers with server-sent events in OpenAI's chunk format (usage in a
+last chunk when ``stream_options.include_usage``); a streamed request runs on its own (not
+batched), token by token, and stops generating when its client disconnects.
+
 Concurrent requests are merged by ``@serve.batch`` into one left-padded ``generate`` call;
 the model runs in a worker thread so the event loop keeps answering (and refusing) other
 requests meanwhile. Every request is authorised, size-checked, parsed and tokenized
@@ -18,12 +22,14 @@ import asyncio
 import hmac
 import json
 import logging
+import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
 
@@ -36,7 +42,9 @@ from rayalign.serve.protocol import (
     CompletionRequest,
     ScoreRequest,
     ServerLimits,
+    StreamChunks,
     completion_response,
+    sse,
     validation_message,
 )
 
@@ -136,7 +144,40 @@ class GenerationServer:
         self.stats.record(len(requests), sum(len(r.token_ids) for r in results))
         return results
 
-    async def _run(self, request: Request, *, chat: bool) -> JSONResponse:
+    async def _stream(self, prepared: GenerationRequest, chunks: StreamChunks) -> AsyncIterator[str]:
+        """Server-sent events for one request. When the client goes away Serve cancels this
+        generator; ``finally`` then stops the model at its next token."""
+        cancel = threading.Event()
+        self.stats.streams += 1
+        done = False
+        try:
+            first = chunks.start()
+            if first is not None:
+                yield sse(first)
+            result = None
+            async for item in self.backend.stream(prepared, cancel):
+                if isinstance(item, GenerationResult):
+                    result = item
+                else:
+                    yield sse(chunks.piece(item))
+            assert result is not None
+            yield sse(chunks.finish(result.finish_reason))
+            if chunks.include_usage:
+                yield sse(chunks.usage(result.prompt_tokens, len(result.token_ids)))
+            yield sse("[DONE]")
+            done = True
+            self.stats.streams_completed += 1
+        except Exception as exc:  # headers are sent: report in-band, keep the replica alive
+            logger.exception("streamed generation failed")
+            done = True
+            yield sse(APIError(500, f"internal error: {type(exc).__name__}", "server_error").body())
+        finally:
+            cancel.set()
+            if not done:
+                self.stats.streams_cancelled += 1
+                logger.info("stream cancelled by the client; generation stopped")
+
+    async def _run(self, request: Request, *, chat: bool) -> Response:
         try:
             self._authorize(request)
             payload = await self._read_json(request)
@@ -146,8 +187,6 @@ class GenerationServer:
             except ValidationError as exc:
                 raise APIError(400, validation_message(exc)) from exc
             self._check_model(req.model)
-            if req.stream:
-                raise APIError(400, "stream=true is not supported by the transformers backend", param="stream")
             max_tokens = req.requested_max_tokens(self.limits)
             try:
                 if chat:
@@ -157,6 +196,12 @@ class GenerationServer:
             except ValueError as exc:  # e.g. no chat template, template rejects the roles
                 raise APIError(400, str(exc)) from exc
             prepared = [self._prepare(ids, max_tokens, req) for ids in encoded]
+            if req.stream:
+                if len(prepared) > 1:
+                    raise APIError(400, "stream=true takes a single prompt", param="prompt")
+                chunks = StreamChunks(self.settings.model_id, chat=chat, include_usage=req.include_usage)
+                return StreamingResponse(self._stream(prepared[0], chunks), media_type="text/event-stream",
+                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
             results = await asyncio.gather(*(self._generate_batch(p) for p in prepared))
             return JSONResponse(completion_response(self.settings.model_id, results, chat=chat))
         except APIError as exc:
@@ -180,11 +225,11 @@ class GenerationServer:
         return JSONResponse({"object": "list", "data": [card]})
 
     @fastapi_app.post("/v1/completions")
-    async def completions(self, request: Request) -> JSONResponse:
+    async def completions(self, request: Request) -> Response:
         return await self._run(request, chat=False)
 
     @fastapi_app.post("/v1/chat/completions")
-    async def chat_completions(self, request: Request) -> JSONResponse:
+    async def chat_completions(self, request: Request) -> Response:
         return await self._run(request, chat=True)
 
     @fastapi_app.post("/v1/score")
@@ -222,6 +267,9 @@ class GenerationServer:
             "batch_sizes": {str(k): v for k, v in sorted(self.stats.batch_sizes.items())},
             "requests": self.stats.requests,
             "generated_tokens": self.stats.generated_tokens,
+            "streams": self.stats.streams,
+            "streams_completed": self.stats.streams_completed,
+            "streams_cancelled": self.stats.streams_cancelled,
             "max_batch_size": self.settings.max_batch_size,
         })
 

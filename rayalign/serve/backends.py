@@ -12,9 +12,11 @@ application (:mod:`rayalign.serve.vllm_app`), which speaks the same HTTP API.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from rayalign.config import ModelConfig
@@ -45,6 +47,9 @@ class BatchStats:
     batch_sizes: dict[int, int] = field(default_factory=dict)  # size -> how many batches
     requests: int = 0
     generated_tokens: int = 0
+    streams: int = 0  # streamed requests started
+    streams_completed: int = 0  # ... that sent their last chunk
+    streams_cancelled: int = 0  # ... whose client went away first (generation stopped)
 
     def record(self, size: int, tokens: int) -> None:
         self.batch_sizes[size] = self.batch_sizes.get(size, 0) + 1
@@ -56,6 +61,36 @@ def truncate_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     """Cut ``text`` before the earliest stop string; returns (text, whether one was found)."""
     cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class StopScanner:
+    """Stop strings on streamed text: emits text as soon as it cannot be the start of a stop
+    string, holds back a tail that still could be, and cuts before the first match.
+
+    ``feed(piece)`` returns the text safe to send now; ``flush()`` the held-back tail at the
+    end of generation; ``stopped`` turns true at the first stop string (later pieces give "").
+    """
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.buffer = ""
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        if self.stopped:
+            return ""
+        self.buffer += piece
+        text, found = truncate_at_stop(self.buffer, self.stops)
+        if found:
+            self.stopped, self.buffer = True, ""
+            return text
+        hold = max((k for s in self.stops for k in range(1, len(s)) if self.buffer.endswith(s[:k])), default=0)
+        out, self.buffer = self.buffer[: len(self.buffer) - hold], self.buffer[len(self.buffer) - hold:]
+        return out
+
+    def flush(self) -> str:
+        out, self.buffer = ("" if self.stopped else self.buffer), ""
+        return out
 
 
 def cut_generated(
@@ -121,6 +156,21 @@ class TransformersBackend:
     def _generate_group(
         self, batch: list[GenerationRequest], temperature: float, top_p: float
     ) -> list[GenerationResult]:
+        output, width = self._generate_ids(batch, temperature, top_p)
+        results = []
+        for row, req in enumerate(batch):
+            tokens, reason = cut_generated(output[row, width:].tolist(), self.eos_ids, req.max_tokens)
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            if req.stop:
+                text, stopped = truncate_at_stop(text, req.stop)
+                reason = "stop" if stopped else reason
+            results.append(GenerationResult(text, tokens, reason, len(req.input_ids)))
+        return results
+
+    def _generate_ids(
+        self, batch: list[GenerationRequest], temperature: float, top_p: float, **extra: Any
+    ) -> tuple[Any, int]:
+        """One left-padded ``generate`` call -> (output ids ``[batch, width + new]``, width)."""
         torch = self._torch
         width = max(len(r.input_ids) for r in batch)
         input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
@@ -144,16 +194,70 @@ class TransformersBackend:
                 pad_token_id=self.pad_id,
                 top_k=None,
                 **sampling,
+                **extra,
             )
-        results = []
-        for row, req in enumerate(batch):
-            tokens, reason = cut_generated(output[row, width:].tolist(), self.eos_ids, req.max_tokens)
-            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            if req.stop:
-                text, stopped = truncate_at_stop(text, req.stop)
-                reason = "stop" if stopped else reason
-            results.append(GenerationResult(text, tokens, reason, len(req.input_ids)))
-        return results
+        return output, width
+
+    # ----------------------------------------------------------------- streaming
+    async def stream(self, req: GenerationRequest, cancel: threading.Event) -> AsyncIterator[str | GenerationResult]:
+        """Generate one request token by token: yields text pieces as they are decoded
+        (transformers' ``AsyncTextIteratorStreamer``), then one :class:`GenerationResult`.
+
+        ``generate`` runs in a worker thread; setting ``cancel`` (the caller does so when its
+        client goes away, this method when a stop string appears) ends it at the next token.
+        """
+        from transformers import AsyncTextIteratorStreamer, StoppingCriteria, StoppingCriteriaList
+
+        eos_ids, torch = self.eos_ids, self._torch
+
+        class CountingStreamer(AsyncTextIteratorStreamer):
+            tokens: list[int]
+            saw_eos = False
+
+            def put(self, value: Any) -> None:
+                if not (self.skip_prompt and self.next_tokens_are_prompt):
+                    for token in value.reshape(-1).tolist():
+                        self.saw_eos = self.saw_eos or token in eos_ids
+                        if not self.saw_eos:
+                            self.tokens.append(int(token))
+                super().put(value)
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool)
+
+        streamer = CountingStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        streamer.tokens = []
+        temperature, top_p = (0.0, 1.0) if req.temperature == 0 else (req.temperature, req.top_p)
+
+        def run() -> None:
+            try:
+                self._generate_ids([req], temperature, top_p, streamer=streamer,
+                                   stopping_criteria=StoppingCriteriaList([Cancelled()]))
+            finally:
+                streamer.end()  # wakes the reader even when generate raised
+
+        worker = asyncio.ensure_future(asyncio.to_thread(run))
+        scanner = StopScanner(req.stop)
+        sent: list[str] = []
+        try:
+            async for piece in streamer:
+                text = scanner.feed(piece)
+                if text:
+                    sent.append(text)
+                    yield text
+                if scanner.stopped:
+                    cancel.set()
+            tail = scanner.flush()
+            if tail:
+                sent.append(tail)
+                yield tail
+            await worker  # re-raises a failed generate
+        finally:
+            cancel.set()
+        reason: Literal["stop", "length"] = "stop" if scanner.stopped or streamer.saw_eos else "length"
+        tokens = streamer.tokens[: req.max_tokens]
+        yield GenerationResult("".join(sent), tokens, reason, len(req.input_ids))
 
     # ----------------------------------------------------------------- scoring
     def score(self, prompt_ids: list[int], continuation: str) -> tuple[float, int]:

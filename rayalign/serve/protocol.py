@@ -8,9 +8,10 @@ are refused rather than silently dropped.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -42,6 +43,12 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.status}}
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -54,6 +61,11 @@ class _Request(BaseModel):
     seed: int | None = None
     n: int = Field(1, ge=1, le=1, description="one choice per prompt")
     stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
     @field_validator("stop")
     @classmethod
@@ -155,3 +167,57 @@ def completion_response(model_id: str, results: list[Any], *, chat: bool) -> dic
             "total_tokens": prompt_tokens + completion_tokens,
         },
     }
+
+
+def sse(data: dict[str, Any] | str) -> str:
+    """One server-sent event (``data: ...`` and a blank line), as OpenAI's streams send them."""
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+
+@dataclass(frozen=True)
+class StreamChunks:
+    """Builds the chunks of one streamed response in OpenAI's format.
+
+    Chat: ``chat.completion.chunk`` objects whose first ``delta`` carries the role, then one
+    ``delta.content`` per piece, then an empty delta with ``finish_reason``. Completions:
+    ``text_completion`` objects with ``text``. With ``include_usage`` every chunk has
+    ``"usage": null`` and a last chunk with no choices carries the token counts.
+    """
+
+    model_id: str
+    chat: bool
+    include_usage: bool = False
+    id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex[:24]}")
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def _chunk(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": ("chat" + self.id) if self.chat else self.id,
+            "object": "chat.completion.chunk" if self.chat else "text_completion",
+            "created": self.created, "model": self.model_id, "choices": choices,
+        }
+        if self.include_usage:
+            body["usage"] = usage
+        return body
+
+    def _choice(self, text: str | None, finish_reason: str | None, role: bool = False) -> dict[str, Any]:
+        if not self.chat:
+            return {"index": 0, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
+        delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
+        if text is not None:
+            delta["content"] = text
+        return {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+
+    def start(self) -> dict[str, Any] | None:
+        """The role-only first chunk (chat only)."""
+        return self._chunk([self._choice(None, None, role=True)]) if self.chat else None
+
+    def piece(self, text: str) -> dict[str, Any]:
+        return self._chunk([self._choice(text, None)])
+
+    def finish(self, finish_reason: str) -> dict[str, Any]:
+        return self._chunk([self._choice(None, finish_reason)])
+
+    def usage(self, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+        return self._chunk([], {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                "total_tokens": prompt_tokens + completion_tokens})

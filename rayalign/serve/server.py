@@ -68,7 +68,15 @@ def start_http(host: str = "127.0.0.1", port: int = 8000) -> tuple[str, int]:
         return client.http_config.host, int(client.http_config.port)
     port = port or free_port(_connect_host(host))
     serve.start(http_options={"host": host, "port": port})
+    _mute()
     return host, port
+
+
+def _mute() -> None:
+    """Serve (re)configures its driver-side logger; keep it off a quiet console."""
+    from rayalign.console import mute_ray
+
+    mute_ray()
 
 
 def _connect_host(host: str) -> str:
@@ -149,6 +157,7 @@ def serve_model(
         app = build_generation_app(settings)
     bound_host, bound_port = start_http(host, port)
     serve.run(app, name=app_name, route_prefix=route_prefix)
+    _mute()
     url = f"http://{_connect_host(bound_host)}:{bound_port}{route_prefix.rstrip('/')}"
     wait_until_ready(url, api_key, timeout_s)
     return ServedModel(url=url, model_id=model_id, app_name=app_name, backend=chosen, api_key=api_key)

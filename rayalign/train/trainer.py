@@ -10,6 +10,7 @@ into the output directory. Re-running with the same ``train.storage_path`` and
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from rayalign.config import Config, TrainConfig
 from rayalign.errors import UserError
 from rayalign.ray_session import thread_env
 from rayalign.train.checkpoint import METRICS_FILE, STATE_FILE
+
+logger = logging.getLogger("rayalign.train")
 
 
 @dataclass
@@ -175,9 +178,9 @@ def run_training(
     stale = checkpoints_from_other_settings(cfg)
     if stale and verbose:
         changed = ", ".join(stale[1][:6]) + (", ..." if len(stale[1]) > 6 else "")
-        print(
-            f"[rayalign] warning: resuming {cfg.train.name} from checkpoints written with other "
-            f"settings ({changed}); use a new train.name to start over"
+        logger.warning(
+            "resuming %s from checkpoints written with other settings (%s); use a new train.name "
+            "to start over", cfg.train.name, changed,
         )
     cfg.save(out / "config.yaml")
     data_stats: dict[str, Any] = {}
@@ -194,22 +197,34 @@ def run_training(
         )
     total = cfg.train.max_steps or cfg.train.epochs * steps
     if verbose:
-        print(
-            f"[rayalign] training {cfg.model.name_or_path} with {cfg.loss.name} on {row_counts} pairs: "
-            f"{total} steps x {cfg.train.num_workers} worker(s), ZeRO-{cfg.train.zero_stage}\n"
-            f"[rayalign] outputs: {out}\n[rayalign] checkpoints: {storage_path_for(cfg)}/{cfg.train.name}"
+        logger.info(
+            "training %s with %s on %s pairs: %d steps x %d worker(s), ZeRO-%d",
+            cfg.model.name_or_path, cfg.loss.name, row_counts, total, cfg.train.num_workers, cfg.train.zero_stage,
         )
+        logger.info("outputs: %s", out)
+        logger.info("checkpoints: %s/%s", storage_path_for(cfg), cfg.train.name)
+    from rayalign.tracking import TrainingTracker
+
+    tracker = TrainingTracker(cfg, out)
     trainer = build_trainer(
-        cfg, datasets, steps=steps, output_dir=out, worker_env=worker_env, callbacks=callbacks
+        cfg, datasets, steps=steps, output_dir=out, worker_env=worker_env,
+        callbacks=[*(callbacks or []), *tracker.start()],
     )
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
+        tracker.fail()
         user_error = _user_error_in(exc)
         if user_error is not None:
             raise user_error from exc
         raise
-    return collect_outputs(cfg, out, result, data_stats)
+    except BaseException:
+        tracker.fail()
+        raise
+    outputs = collect_outputs(cfg, out, result, data_stats)
+    tracker.finish(outputs.metrics, outputs.history, outputs.model_dir,
+                   [out / "summary.json", out / "config.yaml"])
+    return outputs
 
 
 def collect_outputs(cfg: Config, out: Path, result: Any, data_stats: dict[str, Any]) -> TrainResult:

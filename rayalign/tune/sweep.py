@@ -18,7 +18,9 @@ from typing import Any
 import pandas as pd
 
 from rayalign.config import Config, config_from_mapping
+from rayalign.console import quiet
 from rayalign.errors import UserError
+from rayalign.tracking import mark_pareto, sweep_callbacks
 from rayalign.tune.pareto import best_per_objective, pareto_mask
 from rayalign.tune.plots import plot_pareto, plot_sensitivity
 from rayalign.tune.space import to_tune_space, trial_overrides
@@ -51,6 +53,7 @@ def trial_config(base: dict[str, Any], params: dict[str, Any], trial_dir: Path) 
     cfg.train.name = "train"
     cfg.train.storage_path = str(trial_dir / "ray")
     cfg.eval.output_dir = str(trial_dir / "eval")
+    cfg.train.tracking.backend = "none"  # the sweep's Tune callback logs each trial's run
     if cfg.model.lora is not None:
         cfg.model.lora.merge_on_export = True  # the evaluation serves a plain HF model
     return cfg
@@ -168,6 +171,8 @@ def run_sweep(cfg: Config, *, resume: bool = False) -> SweepResult:
                 name="tune",
                 storage_path=str(out),
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                callbacks=sweep_callbacks(cfg.train.tracking, out, cfg.sweep.name),
+                verbose=0 if quiet() else 1,  # Tune's status tables: log file only, unless -v
             ),
         )
     grid = tuner.fit()
@@ -176,10 +181,11 @@ def run_sweep(cfg: Config, *, resume: bool = False) -> SweepResult:
 
 def summarise(cfg: Config, grid: Any, out: Path, params: list[str]) -> SweepResult:
     """Table of every trial (config + final metrics + error), Pareto set, best, plots."""
-    rows, errors = [], {}
+    rows, errors, tune_ids = [], {}, []
     for result in grid:
         trial_id = Path(result.path).name
         metrics = dict(result.metrics or {})
+        tune_ids.append(str(metrics.get("trial_id", trial_id)))
         row = {"trial": trial_id, **{p: result.config.get(p) for p in params}}
         row.update({m: metrics.get(m) for m in cfg.sweep.metrics})
         row["train_loss"] = metrics.get("train_loss")
@@ -199,6 +205,7 @@ def summarise(cfg: Config, grid: Any, out: Path, params: list[str]) -> SweepResu
     front = pareto_mask(table, cfg.sweep.metrics, cfg.sweep.modes)
     pareto = table[front]
     pareto.to_csv(out / "pareto.csv", index=False)
+    mark_pareto(cfg.train.tracking, out, cfg.sweep.name, dict(zip(tune_ids, map(bool, front), strict=True)))
     best = best_per_objective(table, cfg.sweep.metrics, cfg.sweep.modes)
     (out / "best.json").write_text(json.dumps(best, indent=2, default=str))
 

@@ -39,8 +39,11 @@ def run(args: argparse.Namespace) -> int:
     from ray import serve
 
     from rayalign.config import ModelConfig
+    from rayalign.ray_session import init_ray, serve_need
     from rayalign.serve.protocol import ServerLimits
     from rayalign.serve.server import serve_model
+
+    init_ray(need=serve_need(args.replicas, args.num_cpus, args.num_gpus or 0))
 
     api_key = args.api_key or os.environ.get("RAYALIGN_API_KEY")
     if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:

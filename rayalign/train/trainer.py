@@ -122,7 +122,7 @@ def build_trainer(
     )
 
 
-def _user_error_in(exc: BaseException) -> UserError | None:
+def user_error_in(exc: BaseException) -> UserError | None:
     """The first UserError in an exception's cause chain (workers wrap ours)."""
     seen: set[int] = set()
     stack: list[BaseException] = [exc]
@@ -205,7 +205,7 @@ def run_training(
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
-        user_error = _user_error_in(exc)
+        user_error = user_error_in(exc)
         if user_error is not None:
             raise user_error from exc
         raise

@@ -404,7 +404,6 @@ def _write_rejects_by_workers(rows: Any, folder: Path) -> None:
     (:data:`REJECTS_SCHEMA`; read it back with ``pyarrow.parquet.read_table(folder)``).
     An empty part is written by the driver when nothing was rejected, so the folder always
     has the schema."""
-
     rows.map_batches(rejected_rows, batch_format="pyarrow").write_parquet(str(folder))
     if not folder.is_dir() or not any(folder.glob("*.parquet")):
         folder.mkdir(parents=True, exist_ok=True)
@@ -437,7 +436,6 @@ def _summary_row(summary: ValidationSummary, **extra: Any) -> pa.Table:
 
 def _validation_part(table: pa.Table) -> pa.Table:
     """Ray Data task: one row summarising a staged block's validation (counts only)."""
-
     part = ValidationSummary()
     part.add(table.num_rows, rejected_rows(table))
     return _summary_row(part)
@@ -451,7 +449,6 @@ def _selection_part(table: pa.Table, **kwargs: Any) -> pa.Table:
 
 def _token_part(table: pa.Table) -> pa.Table:
     """Ray Data task: tokenization rejects summary + valid rows per split of one block."""
-
     part = ValidationSummary()
     part.add(0, rejected_rows(table))
     ok = table.filter(pc.equal(table[REASON_COL], ""))[SPLIT_COL].to_numpy(zero_copy_only=False)

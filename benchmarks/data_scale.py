@@ -30,10 +30,12 @@ ROWS_PER_FILE = 100_000
 MALFORMED_EVERY = 50  # 2%
 
 _DRIVER = """
-import json, resource, sys
+import resource, sys
 from rayalign.cli import main
-code = main(sys.argv[1:])
-print("DRIVER_RSS_KB=" + str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss), flush=True)
+try:
+    code = main(sys.argv[1:])
+finally:  # the peak so far, even when the command fails
+    print("DRIVER_RSS_KB=" + str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss), flush=True)
 sys.exit(code)
 """
 
@@ -117,6 +119,7 @@ def main() -> None:
             report[f"seconds_{label}"] = round(result["seconds"], 1)
             report[f"rejected_{label}"] = result["validation"]["rejected"]
             report[f"malformed_written_{label}"] = malformed
+            print(json.dumps({k: v for k, v in report.items() if k.endswith(label)}), file=sys.stderr, flush=True)
         small, large = (labels.get(s, str(s)) for s in sizes[:2])
         report["rss_ratio"] = round(report[f"driver_peak_rss_mb_{large}"] / report[f"driver_peak_rss_mb_{small}"], 3)
     print(json.dumps(report))

@@ -4,6 +4,7 @@ unauthenticated ones 401, no 5xx and no replica restarts, with many concurrent c
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"
 def _bench():
     spec = importlib.util.spec_from_file_location("serve_load", BENCH)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being defined
     spec.loader.exec_module(module)
     return module
 

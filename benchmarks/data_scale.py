@@ -100,7 +100,7 @@ def prepare(folder: Path, workdir: Path, log: Path | None = None) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="100000,1000000", help="two row counts, small then large")
+    parser.add_argument("--sizes", default="100000,1000000", help="row counts, small then large (ratio of the first two)")
     parser.add_argument("--workdir", default=None,
                         help="where the temporary folder goes (default: the system's); the logs stay there")
     args = parser.parse_args()
@@ -120,8 +120,9 @@ def main() -> None:
             report[f"rejected_{label}"] = result["validation"]["rejected"]
             report[f"malformed_written_{label}"] = malformed
             print(json.dumps({k: v for k, v in report.items() if k.endswith(label)}), file=sys.stderr, flush=True)
-        small, large = (labels.get(s, str(s)) for s in sizes[:2])
-        report["rss_ratio"] = round(report[f"driver_peak_rss_mb_{large}"] / report[f"driver_peak_rss_mb_{small}"], 3)
+        if len(sizes) >= 2:
+            small, large = (labels.get(s, str(s)) for s in sizes[:2])
+            report["rss_ratio"] = round(report[f"driver_peak_rss_mb_{large}"] / report[f"driver_peak_rss_mb_{small}"], 3)
     print(json.dumps(report))
 
 

@@ -152,7 +152,7 @@ def run_demo(cfg: Config, *, method: str) -> DemoResult:
     """Run the six demo steps; every step prints what it did and how long it took."""
     from rayalign.eval.runner import evaluate_model
     from rayalign.models import resolve_model_path
-    from rayalign.ray_session import init_ray
+    from rayalign.ray_session import data_need, eval_need, init_ray, largest, training_need
     from rayalign.train.trainer import output_dir_for, prepare_training_data, run_training
 
     out = Path(cfg.train.output_dir).expanduser().resolve()
@@ -169,7 +169,7 @@ def run_demo(cfg: Config, *, method: str) -> DemoResult:
 
     _say(f"1/6 model: {cfg.model.name_or_path} (converted to safetensors once, then cached)")
     timed("model", resolve_model_path, cfg.model.name_or_path)
-    init_ray()
+    init_ray(need=largest([training_need(cfg.train), data_need(cfg.data), eval_need(cfg.eval)]))
 
     _say("2/6 data: validate, transform and score the built-in demo pairs with Ray Data")
     datasets, data_stats = timed("data", prepare_training_data, cfg, output_dir_for(cfg))

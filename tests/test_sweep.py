@@ -68,3 +68,40 @@ def test_sweep_runs_resumes_and_shares_the_reference_cache(tmp_path):
     assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "sensitivity_loss_delta.png").is_file()
     assert "Pareto-optimal" in log
+
+
+def test_a_failing_trial_is_a_result_not_a_crash(tmp_path):
+    """One trial's training raises inside its Train workers (an absurd learning rate
+    overflows): it is recorded with its error, the other trial finishes, the Pareto front
+    and the best-per-objective ignore it."""
+    import yaml
+
+    from rayalign.serve.server import free_port
+
+    spec = yaml.safe_load((REPO_ROOT / "jobs/sweep_tiny.yaml").read_text())
+    spec["sweep"]["space"] = {"train.learning_rate": {"grid": [1.0e-3, 1.0e38]}}
+    spec["sweep"]["name"] = "one-fails"
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump(spec))
+    env = {**os.environ, "RAYALIGN_CACHE": os.environ.get("RAYALIGN_CACHE", str(Path.home() / ".cache/rayalign"))}
+    run = subprocess.run(
+        [sys.executable, "-m", "rayalign.cli", "sweep", str(config),
+         "--set", f"sweep.output_dir={tmp_path / 'sweeps'}", "--set", f"data.cache_dir={tmp_path / 'cache'}",
+         "--set", f"eval.port={free_port()}"],  # 8000 may belong to someone else
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log  # one good trial: the sweep itself succeeded
+    out = tmp_path / "sweeps" / "one-fails"
+    table = pd.read_csv(out / "trials.csv").set_index("train.learning_rate")
+    assert sorted(table.index) == [1.0e-3, 1.0e38]
+    failed, good = table.loc[1.0e38], table.loc[1.0e-3]
+    # One readable line (the worker's exception), not Ray's wrapped traceback.
+    assert "overflow" in failed["error"] and "\n" not in failed["error"] and "Traceback" not in failed["error"]
+    assert pd.isna(failed["harmless_ratio"]) and pd.isna(failed["benign_compliance"])
+    assert pd.isna(good["error"]) and 0 <= good["harmless_ratio"] <= 1
+    pareto = pd.read_csv(out / "pareto.csv")
+    assert pareto["train.learning_rate"].tolist() == [1.0e-3]
+    best = json.loads((out / "best.json").read_text())
+    assert {row["train.learning_rate"] for row in best.values()} == {1.0e-3}
+    assert "1 failed" in log

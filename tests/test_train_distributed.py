@@ -6,16 +6,12 @@ Train runs are expensive (~10-20 s each), so each run below backs several assert
 from __future__ import annotations
 
 import json
-import os
-import signal
-import threading
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_support import ray_dataset, separable_pairs
+from train_support import alive_worker_pids, ray_dataset, separable_pairs, train_and_kill_a_worker
 
 from rayalign.config import Config
 from rayalign.models import load_tokenizer
@@ -107,52 +103,17 @@ def test_export_loads_with_plain_transformers_and_generates(baseline, tiny_model
     assert out.shape[1] == ids["input_ids"].shape[1] + 5 or out[0, -1] == tok.eos_token_id
 
 
-def _alive_worker_pids() -> list[int]:
-    """Pids of live Ray Train workers of THIS driver's cluster (the GCS actor table;
-    the public state API needs the dashboard, which tests do not start)."""
-    from ray._private import state
-
-    return [
-        a["Pid"]
-        for a in state.actors().values()
-        if a["ActorClassName"] == "RayTrainWorker" and a["State"] == "ALIVE"
-    ]
-
-
 def test_killed_worker_restarts_from_checkpoint_and_matches_uninterrupted(
     baseline, tiny_model_dir, pairs, tmp_path_factory
 ):
     _, reference = baseline
     out = tmp_path_factory.mktemp("killed")
     cfg = _config(tiny_model_dir, out, "killed", max_failures=2)
-    # Ray Train's controller records registered checkpoints here; killing before the
-    # step-3 checkpoint is registered would (correctly) restart from scratch.
-    snapshot = out / "killed" / "ray" / "killed" / "checkpoint_manager_snapshot.json"
-    outcome: dict = {}
-
-    def fit() -> None:
-        try:
-            outcome["result"] = run_training(cfg, datasets={"train": ray_dataset(pairs)}, verbose=False)
-        except BaseException as exc:
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=fit)
-    thread.start()
-    killed = None
-    deadline = time.monotonic() + 240
-    while thread.is_alive() and killed is None and time.monotonic() < deadline:
-        text = snapshot.read_text() if snapshot.is_file() else ""
-        if "checkpoint_000003" in text:
-            pids = _alive_worker_pids()
-            if pids:
-                killed = max(pids)
-                os.kill(killed, signal.SIGKILL)  # a real worker process dies, mid-run
-        time.sleep(0.02)
-    thread.join(timeout=300)
+    killed, outcome = train_and_kill_a_worker(cfg, pairs, "checkpoint_000003", timeout=240)
     assert killed is not None, "the run finished before the test could kill a worker"
     assert "error" not in outcome, outcome.get("error")
     result = outcome["result"]
-    assert killed not in _alive_worker_pids()
+    assert killed not in alive_worker_pids()
     summary = json.loads((result.output_dir / "summary.json").read_text())
     assert summary["resumed_from"] and summary["resumed_from"][0] >= 3  # from a checkpoint
     # Resumed exactly: same steps, same pairs per step, same losses (fp noise only).

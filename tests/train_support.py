@@ -61,3 +61,55 @@ def ray_dataset(rows: list[dict[str, Any]], blocks: int = 4):
     import ray.data
 
     return ray.data.from_items(rows, override_num_blocks=blocks)
+
+
+def alive_worker_pids() -> list[int]:
+    """Pids of live Ray Train workers of THIS driver's cluster (the GCS actor table;
+    the public state API needs the dashboard, which tests do not start)."""
+    from ray._private import state
+
+    return [
+        a["Pid"]
+        for a in state.actors().values()
+        if a["ActorClassName"] == "RayTrainWorker" and a["State"] == "ALIVE"
+    ]
+
+
+def train_and_kill_a_worker(cfg, rows: list[dict[str, Any]], checkpoint: str, *, timeout: float = 300):
+    """Run ``run_training`` in a thread and SIGKILL one Train worker process as soon as
+    Ray Train has registered ``checkpoint`` (e.g. ``checkpoint_000003``).
+
+    Returns ``(killed pid or None, {"result": TrainResult} or {"error": exception})``.
+    Killing before the checkpoint is registered would (correctly) restart from scratch,
+    so the test waits for the controller's snapshot to name it.
+    """
+    import os
+    import signal
+    import threading
+    import time
+    from pathlib import Path
+
+    from rayalign.train.trainer import run_training, storage_path_for
+
+    snapshot = Path(storage_path_for(cfg)) / cfg.train.name / "checkpoint_manager_snapshot.json"
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = run_training(cfg, datasets={"train": ray_dataset(rows)}, verbose=False)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit)
+    thread.start()
+    killed = None
+    deadline = time.monotonic() + timeout
+    while thread.is_alive() and killed is None and time.monotonic() < deadline:
+        if snapshot.is_file() and checkpoint in snapshot.read_text():
+            pids = alive_worker_pids()
+            if pids:
+                killed = max(pids)
+                os.kill(killed, signal.SIGKILL)  # a real worker process dies, mid-run
+        time.sleep(0.02)
+    thread.join(timeout=timeout + 100)
+    return killed, outcome

@@ -100,8 +100,10 @@ def run_prepare(args: argparse.Namespace) -> int:
     from rayalign.config import load_config
     from rayalign.data.pipeline import prepare_datasets
     from rayalign.models import load_tokenizer
+    from rayalign.ray_session import data_need, init_ray
 
     cfg = load_config(args.config, args.overrides)
+    init_ray(need=data_need(cfg.data))
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     from rayalign.console import log_to

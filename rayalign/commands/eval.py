@@ -88,9 +88,12 @@ def run_eval_command(args: argparse.Namespace) -> int:
 
     from rayalign.errors import UserError
     from rayalign.eval.runner import run_eval
+    from rayalign.ray_session import eval_need, init_ray
     from rayalign.serve.server import serve_running
 
     cfg = _eval_config(args)
+    if not cfg.eval.endpoint:
+        init_ray(need=eval_need(cfg.eval))
     models = [cfg.model.model_copy(update={"name_or_path": m}) for m in args.model] or [cfg.model]
     if cfg.eval.endpoint and len(models) > 1:
         raise UserError("--endpoint serves one model; give a single --model")

@@ -41,10 +41,13 @@ def run(args: argparse.Namespace) -> int:
     from rayalign.cache import cache_root
     from rayalign.config import ModelConfig
     from rayalign.console import log_to
+    from rayalign.ray_session import init_ray, serve_need
     from rayalign.serve.protocol import ServerLimits
     from rayalign.serve.server import serve_model
 
     log_to(cache_root())  # a long-running server: its log file from the start (not buffered)
+    init_ray(need=serve_need(args.replicas, args.num_cpus, args.num_gpus or 0))
+
     api_key = args.api_key or os.environ.get("RAYALIGN_API_KEY")
     if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         print(f"warning: binding {args.host} without --api-key exposes the model to the network")

@@ -24,14 +24,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rayalign.config import load_config
     from rayalign.ray_session import init_ray
-    from rayalign.tune.sweep import cpus_needed, run_sweep, sweep_dir
+    from rayalign.tune.sweep import run_sweep, sweep_dir, sweep_need
 
     cfg = load_config(args.config, args.overrides)
     from rayalign.console import log_to
 
     print(f"[rayalign] sweep outputs: {sweep_dir(cfg)}")
     log_to(sweep_dir(cfg))
-    init_ray(dashboard=True, min_cpus=cpus_needed(cfg))
+    init_ray(dashboard=True, need=sweep_need(cfg))
     result = run_sweep(cfg, resume=args.resume)
     shown = [c for c in result.table.columns if c not in ("ref_cache",)]
     print(result.table[shown].to_string(index=False))

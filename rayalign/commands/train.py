@@ -26,13 +26,15 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)  # fails here, before Ray starts
     from rayalign.console import log_to
-    from rayalign.ray_session import init_ray
+    from rayalign.ray_session import data_need, init_ray, largest, local_cpus, training_need
     from rayalign.train.trainer import output_dir_for, run_training
 
     print(f"[rayalign] config {args.config} is valid; outputs go to {output_dir_for(cfg)}")
     log_to(output_dir_for(cfg))
-    address = init_ray()
-    print(f"[rayalign] Ray: {'a new local instance' if address == 'local' else address}")
+    need = largest([training_need(cfg.train), data_need(cfg.data)])
+    address = init_ray(need=need)  # fits the run or stops here, never hangs waiting
+    where = f"a new local instance with {local_cpus(need)} logical CPUs" if address == "local" else address
+    print(f"[rayalign] Ray: {where}; one unit of work: {need.what}")
     result = run_training(cfg)
     final = result.metrics
     print(

@@ -18,6 +18,7 @@ import json
 import shutil
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,7 @@ from rayalign.data.validate import (
 from rayalign.errors import UserError
 from rayalign.ray_session import init_ray, thread_env
 
-PIPELINE_VERSION = "2"  # 2: multi-turn prompts, plain-text special tokens, identical_after_truncation
+PIPELINE_VERSION = "3"  # 2: multi-turn prompts, plain-text special tokens, identical_after_truncation; 3: rejects.parquet is a folder of Parquet parts
 SPLIT_COL = "split"
 _TOKENIZE_BATCH_ROWS = 512
 
@@ -398,11 +399,124 @@ def _duplicate_keys(meta: pa.Table, roles: dict[int, str]) -> frozenset[str]:
     )
 
 
-def _write_rejects(rejects: pa.Table, path: Path) -> None:
+def _write_rejects_by_workers(rows: Any, folder: Path) -> None:
+    """Ray Data tasks write the rejected rows of ``rows`` as Parquet parts into ``folder``
+    (:data:`REJECTS_SCHEMA`; read it back with ``pyarrow.parquet.read_table(folder)``).
+    An empty part is written by the driver when nothing was rejected, so the folder always
+    has the schema."""
+    rows.map_batches(rejected_rows, batch_format="pyarrow").write_parquet(str(folder))
+    if not folder.is_dir() or not any(folder.glob("*.parquet")):
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(REJECTS_SCHEMA.empty_table(), folder / "empty.parquet")
+
+
+def _publish_rejects(folder: Path, path: Path) -> None:
+    """Copy the rejects folder to ``path`` atomically (a temp name, then a rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    pq.write_table(rejects.cast(REJECTS_SCHEMA), tmp)
-    tmp.replace(path)
+    shutil.copytree(folder, tmp)
+    if path.is_dir():
+        old = path.with_name(f".{path.name}.{uuid.uuid4().hex}.old")
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        if path.exists():
+            path.unlink()  # a single-file rejects.parquet from an older version
+        tmp.rename(path)
+
+
+def _summary_row(summary: ValidationSummary, **extra: Any) -> pa.Table:
+    return pa.table({
+        "summary": [json.dumps({"rows": summary.rows, "rejected": summary.rejected,
+                                "reasons": dict(summary.reasons), "per_file": summary.per_file})],
+        **{k: [v] for k, v in extra.items()},
+    })
+
+
+def _validation_part(table: pa.Table) -> pa.Table:
+    """Ray Data task: one row summarising a staged block's validation (counts only)."""
+    part = ValidationSummary()
+    part.add(table.num_rows, rejected_rows(table))
+    return _summary_row(part)
+
+
+def _selection_part(table: pa.Table, **kwargs: Any) -> pa.Table:
+    """Ray Data task: rows kept by the plan and the SafeDPO counts of one staged block."""
+    selected, counts = select_rows(table, **kwargs)
+    return pa.table({"selected": [selected.num_rows], "counts": [json.dumps(counts.as_dict())]})
+
+
+def _token_part(table: pa.Table) -> pa.Table:
+    """Ray Data task: tokenization rejects summary + valid rows per split of one block."""
+    part = ValidationSummary()
+    part.add(0, rejected_rows(table))
+    ok = table.filter(pc.equal(table[REASON_COL], ""))[SPLIT_COL].to_numpy(zero_copy_only=False)
+    names, counts = np.unique(ok.astype(str), return_counts=True) if len(ok) else ([], [])
+    return _summary_row(part, splits=json.dumps({str(k): int(v) for k, v in zip(names, counts, strict=True)}))
+
+
+def _merge_into(total: ValidationSummary, part: ValidationSummary, *, rows: bool = True) -> None:
+    if rows:
+        total.rows += part.rows
+    total.rejected += part.rejected
+    total.reasons.update(part.reasons)
+    for file, entry in part.per_file.items():
+        if file in total.per_file:
+            total.per_file[file]["rejected"] += entry["rejected"]
+        else:
+            total.per_file[file] = dict(entry)
+
+
+def _merge_summaries(parts: pa.Table) -> ValidationSummary:
+    """Sum the per-block summaries (block order kept: the first sample row per file wins)."""
+    total = ValidationSummary()
+    for text in parts["summary"].to_pylist() if parts.num_rows else []:
+        data = json.loads(text)
+        part = ValidationSummary(rows=data["rows"], rejected=data["rejected"],
+                                 reasons=Counter(data["reasons"]), per_file=data["per_file"])
+        _merge_into(total, part)
+    return total
+
+
+def _dedup_hashes(table: pa.Table, *, roles: dict[int, str]) -> pa.Table:
+    """Ray Data task: a 64-bit hash of (role, id) per valid row."""
+    import pandas as pd
+
+    valid = table.filter(pc.equal(table[REASON_COL], ""))
+    keys = np.asarray(
+        [f"{roles[int(s)]}\x1f{i}" for s, i in zip(valid[SOURCE_INDEX_COL].to_pylist(),
+                                                    valid["id"].to_pylist(), strict=True)],
+        dtype=object,
+    )
+    return pa.table({"h": pa.array(pd.util.hash_array(keys) if len(keys) else np.zeros(0, np.uint64))})
+
+
+def _rows_with_hashes(table: pa.Table, *, roles: dict[int, str], hashes: frozenset[int]) -> pa.Table:
+    """Ray Data task: the (id, source, file, row) of valid rows whose hash is in ``hashes``."""
+    valid = table.filter(pc.equal(table[REASON_COL], ""))
+    mine = _dedup_hashes(valid, roles=roles)["h"].to_numpy()
+    mask = np.fromiter((int(h) in hashes for h in mine), dtype=bool, count=len(mine))
+    return valid.filter(pa.array(mask)).select(["id", SOURCE_INDEX_COL, FILE_COL, ROW_COL])
+
+
+def _duplicate_keys_distributed(staged: Any, roles: dict[int, str]) -> frozenset[str]:
+    """:func:`_duplicate_keys` without the rows on the driver: workers hash (role, id) of each
+    valid row; the driver finds repeated hashes (8 bytes a row, the only per-row state it
+    holds), then fetches just those rows to decide exactly (a hash collision is no dup)."""
+    hashes = _collect(staged.map_batches(_dedup_hashes, batch_format="pyarrow",
+                                         fn_kwargs={"roles": roles}))
+    if not hashes.num_rows:
+        return frozenset()
+    values, counts = np.unique(hashes["h"].to_numpy(), return_counts=True)
+    repeated = frozenset(int(h) for h in values[counts > 1])
+    del hashes, values, counts
+    if not repeated:
+        return frozenset()
+    candidates = _collect(staged.map_batches(
+        _rows_with_hashes, batch_format="pyarrow", fn_kwargs={"roles": roles, "hashes": repeated}
+    ))
+    return _duplicate_keys(candidates, roles)
 
 
 def _write_json(data: dict[str, Any], path: Path) -> None:
@@ -462,8 +576,8 @@ def prepare_datasets(
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        if not (out / "rejects.parquet").is_file() or stats["cache"] == "hit":
-            shutil.copyfile(final / "rejects.parquet", out / "rejects.parquet")
+        if not (out / "rejects.parquet").exists() or stats["cache"] == "hit":
+            _publish_rejects(final / "rejects.parquet", out / "rejects.parquet")
         stats["rejects_file"] = str(out / "rejects.parquet")
         _write_json(stats, out / "data_summary.json")
     rows = stats["rows"]
@@ -497,30 +611,16 @@ def _build(
         )
         staged = staged.materialize()
 
-        meta = _collect(
-            staged.select_columns(
-                [
-                    "id",
-                    SOURCE_INDEX_COL,
-                    FILE_COL,
-                    ROW_COL,
-                    REASON_COL,
-                    "chosen_safe",
-                    "rejected_safe",
-                ]
-            )
-        )
-        rejects = _collect(
-            staged.map_batches(rejected_rows, batch_format="pyarrow"), REJECTS_SCHEMA
-        )
-        summary = ValidationSummary()
-        summary.add(meta.num_rows, rejects)
-        _write_rejects(rejects, rejects_path)
+        # Driver memory stays flat with the data: workers write the rejects and send back one
+        # small summary row per block; the driver never holds the rows themselves.
+        rejects_dir = work / "rejects.parquet"
+        _write_rejects_by_workers(staged, rejects_dir)
+        summary = _merge_summaries(_collect(staged.map_batches(_validation_part, batch_format="pyarrow")))
+        _publish_rejects(rejects_dir, rejects_path)  # there for the user even if we stop here
         summary.check_threshold(d.max_invalid_fraction, str(rejects_path))
 
         roles = {s.index: s.role for s in sources}
-        valid_meta = meta.filter(pc.equal(meta[REASON_COL], ""))
-        drop = _duplicate_keys(valid_meta, roles) if d.dedup else frozenset()
+        drop = _duplicate_keys_distributed(staged, roles) if d.dedup else frozenset()
         plan = {
             "drop_keys": drop,
             "fractions": {s.index: s.spec.fraction for s in sources},
@@ -529,23 +629,14 @@ def _build(
             "seed": d.seed,
         }
         safedpo = use_safedpo(cfg)
-        # Transform counts, aggregated batch by batch over the small label columns.
-        counts, selected = TransformCounts(), 0
-        for batch in valid_meta.to_batches(max_chunksize=8192):
-            part = pa.Table.from_batches([batch])
-            keep, _ = plan_rows(
-                np.asarray(part["id"].to_pylist(), dtype=object),
-                part[SOURCE_INDEX_COL].to_numpy(),
-                _row_keys(part),
-                **plan,
-            )
-            selected += int(keep.sum())
-            if safedpo:
-                labels = {
-                    c: part[c].to_numpy(zero_copy_only=False)[keep]
-                    for c in ("chosen_safe", "rejected_safe")
-                }
-                counts += safedpo_transform(labels)[1]
+        # Transform counts, computed by the workers block by block and summed here.
+        parts = _collect(staged.map_batches(
+            _selection_part, batch_format="pyarrow", fn_kwargs={**plan, "safedpo": safedpo}
+        ))
+        selected = int(pc.sum(parts["selected"]).as_py() or 0) if parts.num_rows else 0
+        counts = TransformCounts()
+        for text in parts["counts"].to_pylist() if parts.num_rows else []:
+            counts += TransformCounts(**json.loads(text))
 
         tokenized = (
             _spread_over_cpus(staged)
@@ -565,20 +656,23 @@ def _build(
             )
             .materialize()
         )
-        token_meta = _collect(tokenized.select_columns([SPLIT_COL, REASON_COL]))
-        token_rejects = _collect(
-            tokenized.select_columns(
-                ["source", FILE_COL, ROW_COL, FIELD_COL, REASON_COL, ORIGINAL_COL]
-            ).map_batches(rejected_rows, batch_format="pyarrow"),
-            REJECTS_SCHEMA,
+        token_parts = _collect(
+            tokenized.select_columns(["source", FILE_COL, ROW_COL, FIELD_COL, REASON_COL, ORIGINAL_COL, SPLIT_COL])
+            .map_batches(_token_part, batch_format="pyarrow")
         )
-        if token_rejects.num_rows:
-            summary.add(0, token_rejects)
-            rejects = pa.concat_tables([rejects, token_rejects.cast(REJECTS_SCHEMA)])
-            _write_rejects(rejects, rejects_path)
+        token_summary = _merge_summaries(token_parts)
+        if token_summary.rejected:
+            _write_rejects_by_workers(tokenized.select_columns(
+                ["source", FILE_COL, ROW_COL, FIELD_COL, REASON_COL, ORIGINAL_COL]
+            ), rejects_dir)
+            _merge_into(summary, token_summary, rows=False)
+            _publish_rejects(rejects_dir, rejects_path)
             summary.check_threshold(d.max_invalid_fraction, str(rejects_path))
+        split_rows = {split: 0 for split in ("train", "eval", "helpfulness")}
+        for text in token_parts["splits"].to_pylist() if token_parts.num_rows else []:
+            for split, n in json.loads(text).items():
+                split_rows[split] = split_rows.get(split, 0) + n
 
-        ok_splits = token_meta.filter(pc.equal(token_meta[REASON_COL], ""))[SPLIT_COL].to_pylist()
         final = tokenized.map_batches(_keep_valid_output, batch_format="pyarrow")
         if ref_cfg is not None:
             final = final.map_batches(
@@ -600,12 +694,11 @@ def _build(
             "validation": summary.as_dict(),
             "formats": {s.resolved.name: s.format for s in sources},
             "duplicates": len(drop),
-            "sampled_out": valid_meta.num_rows - len(drop) - selected,
+            "sampled_out": summary.valid - len(drop) - selected,
             "transform": {"safedpo": counts.as_dict() if safedpo else None},
-            "rows": {split: ok_splits.count(split) for split in ("train", "eval", "helpfulness")},
+            "rows": {split: split_rows.get(split, 0) for split in ("train", "eval", "helpfulness")},
             "scored": ref_cfg is not None,
         }
-        _write_rejects(rejects, work / "rejects.parquet")
         _write_json(stats, work / "stats.json")
         try:
             work.rename(root / key)

@@ -424,16 +424,102 @@ def display_path(resolved: ResolvedSource, path: str) -> str:
     return f"{fs.type_name}://{path}".replace("gcs://", "gs://")
 
 
+#: Format detection reads at most this much of a text file's head (doubling up to the cap
+#: while not even one record fits), never the whole file.
+SAMPLE_BYTES = 1 << 20
+_SAMPLE_CAP = 64 << 20
+_SAMPLE_ROWS = 64
+
+
+def _read_head(fs: pafs.FileSystem, path: str, size: int) -> tuple[bytes, bool]:
+    """The first ``size`` (decompressed) bytes of a file and whether that is all of it."""
+    lowered = path.lower()
+    compression = next((c.lstrip(".") for c in _COMPRESSED if lowered.endswith(c)), None)
+    if compression == "zst":
+        compression = "zstd"
+    with fs.open_input_stream(path, compression=compression) as stream:
+        data = stream.read(size + 1)
+    return data[:size], len(data) <= size
+
+
+def _sample_records(data: bytes, complete: bool, ext: str) -> list[dict[str, Any]]:
+    """Up to ``_SAMPLE_ROWS`` whole records from the head of a text file (a cut-off last
+    record is dropped)."""
+    text = _decode(data)
+    if ext in (".csv", ".tsv"):
+        lines = text.splitlines(keepends=True)
+        if not complete and lines:
+            lines = lines[:-1]
+        reader = csv.DictReader(io.StringIO("".join(lines), newline=""), delimiter="\t" if ext == ".tsv" else ",")
+        return [dict.fromkeys(reader.fieldnames or [])]
+    stripped = text.lstrip()
+    if ext == ".json" and stripped[:1] == "[":
+        decoder, records, index = json.JSONDecoder(), [], 1
+        while len(records) < _SAMPLE_ROWS:
+            while index < len(stripped) and stripped[index] in " \t\r\n,":
+                index += 1
+            try:
+                item, index = decoder.raw_decode(stripped, index)
+            except ValueError:
+                break
+            if isinstance(item, dict):
+                records.append(item)
+        return records
+    lines = text.split("\n")
+    if not complete:
+        lines = lines[:-1]
+    records = []
+    for line in lines:
+        if len(records) >= _SAMPLE_ROWS:
+            break
+        try:
+            record = json.loads(line) if line.strip() else None
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def sample_columns(path: str, filesystem: pafs.FileSystem | None = None, *, shown: str | None = None) -> set[str]:
+    """Column names seen in the first rows of one file, reading only its head.
+
+    Parquet: the schema from the footer. Text formats: the first ``SAMPLE_BYTES`` (more,
+    up to 64 MiB, while not one whole record fits), so detection costs the driver the
+    same at a thousand rows or a billion.
+    """
+    fs = filesystem or pafs.LocalFileSystem()
+    shown = shown or path
+    ext = _base_extension(path)
+    try:
+        if ext in (".parquet", ".pq"):
+            with fs.open_input_file(path) as handle:
+                return {c for c in pq.ParquetFile(handle).schema_arrow.names if not c.startswith("_")}
+        if ext not in (".csv", ".tsv", ".json", ".jsonl", ".ndjson"):
+            raise UserError(f"{shown}: unknown file type {ext!r} (use one of {', '.join(DATA_EXTENSIONS)})")
+        size = SAMPLE_BYTES
+        while True:
+            data, complete = _read_head(fs, path, size)
+            records = _sample_records(data, complete, ext)
+            if records or complete or size >= _SAMPLE_CAP:
+                break
+            size *= 4
+    except (OSError, pa.ArrowException) as exc:
+        raise UserError(f"{shown}: cannot read ({exc})") from exc
+    columns: set[str] = set()
+    for record in records:
+        columns.update(k for k in record if isinstance(k, str) and not k.startswith("_"))
+    return columns
+
+
 def first_columns(resolved: ResolvedSource) -> set[str]:
-    """Column names of the source's first rows (for format detection on the driver)."""
+    """Column names of the source's first rows (for format detection on the driver);
+    samples the head of the first non-empty file (see :func:`sample_columns`)."""
     if resolved.kind == "hub":
         dataset = load_hub_dataset(resolved.hub_id, resolved.split, resolved.revision)
         return set(dataset.column_names)
     for path in resolved.files:
-        for batch in read_file_batches(
-            path, resolved.filesystem, batch_size=64, shown=display_path(resolved, path)
-        ):
-            columns = {c for c in batch if not c.startswith("_")}
-            if columns:
-                return columns
+        columns = sample_columns(path, resolved.filesystem, shown=display_path(resolved, path))
+        if columns:
+            return columns
     return set()

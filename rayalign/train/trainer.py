@@ -63,6 +63,37 @@ def storage_path_for(cfg: Config) -> str:
     return str(output_dir_for(cfg) / "ray")
 
 
+def latest_local_checkpoint(cfg: Config) -> Path | None:
+    """The newest complete checkpoint of this run in local storage (None for none or a bucket)."""
+    storage = storage_path_for(cfg)
+    if "://" in storage:
+        return None
+    complete = sorted((Path(storage) / cfg.train.name).glob(f"checkpoint_*/{STATE_FILE}"))
+    return complete[-1].parent if complete else None
+
+
+def check_resumable(cfg: Config) -> None:
+    """Refuse, before any worker starts, to resume a checkpoint written by another number
+    of workers: its data position and ZeRO shards are per rank, so continuing would either
+    crash inside DeepSpeed or (worse) skip or repeat pairs.
+
+    Raises :class:`UserError` naming the checkpoint, both worker counts and the ways out.
+    """
+    checkpoint = latest_local_checkpoint(cfg)
+    if checkpoint is None:
+        return
+    written = len(list(checkpoint.glob("worker_*.pt")))
+    if written and written != cfg.train.num_workers:
+        raise UserError(
+            f"{checkpoint} was written by {written} worker(s); this run has train.num_workers="
+            f"{cfg.train.num_workers}. Resuming on another number of workers ({written} -> "
+            f"{cfg.train.num_workers}) is not supported: the data position and the ZeRO-"
+            f"{cfg.train.zero_stage} optimizer shards are per rank, and continuing would skip or "
+            f"repeat pairs. Resume with train.num_workers={written}, or start over with a new "
+            "train.name"
+        )
+
+
 def steps_per_epoch(row_counts: dict[str, int], train: TrainConfig) -> int:
     """Optimizer steps per epoch when each stream is split equally over the workers.
 
@@ -125,7 +156,7 @@ def build_trainer(
     )
 
 
-def _user_error_in(exc: BaseException) -> UserError | None:
+def user_error_in(exc: BaseException) -> UserError | None:
     """The first UserError in an exception's cause chain (workers wrap ours)."""
     seen: set[int] = set()
     stack: list[BaseException] = [exc]
@@ -182,6 +213,7 @@ def run_training(
             "resuming %s from checkpoints written with other settings (%s); use a new train.name "
             "to start over", cfg.train.name, changed,
         )
+    check_resumable(cfg)
     cfg.save(out / "config.yaml")
     data_stats: dict[str, Any] = {}
     if datasets is None:
@@ -214,7 +246,7 @@ def run_training(
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
         tracker.fail()
-        user_error = _user_error_in(exc)
+        user_error = user_error_in(exc)
         if user_error is not None:
             raise user_error from exc
         raise

@@ -20,6 +20,7 @@ import pandas as pd
 from rayalign.config import Config, config_from_mapping
 from rayalign.console import quiet
 from rayalign.errors import UserError
+from rayalign.ray_session import Need, training_need
 from rayalign.tracking import mark_pareto, sweep_callbacks
 from rayalign.tune.pareto import best_per_objective, pareto_mask
 from rayalign.tune.plots import plot_pareto, plot_sensitivity
@@ -124,10 +125,14 @@ def _search_and_scheduler(cfg: Config):
     return search, scheduler
 
 
-def cpus_needed(cfg: Config) -> float:
-    """Logical CPUs for one wave of concurrent trials: each trial's driver, its Train
-    workers and the Ray Data tasks feeding them (evaluation reuses the workers' share)."""
-    return cfg.sweep.max_concurrent_trials * (cfg.sweep.cpus_per_trial + cfg.train.num_workers + 1)
+def sweep_need(cfg: Config) -> Need:
+    """One wave of concurrent trials: each trial's driver, its Train workers and the Ray Data
+    task feeding them (evaluation reuses the workers' share once training has ended)."""
+    s = cfg.sweep
+    trial = training_need(cfg.train)
+    bundles = ({"CPU": s.cpus_per_trial, "GPU": s.gpus_per_trial}, *trial.bundles)
+    return Need(f"{s.max_concurrent_trials} concurrent trial(s), each its driver + {trial.what}",
+                bundles * s.max_concurrent_trials)
 
 
 def run_sweep(cfg: Config, *, resume: bool = False) -> SweepResult:
@@ -179,6 +184,19 @@ def run_sweep(cfg: Config, *, resume: bool = False) -> SweepResult:
     return summarise(cfg, grid, out, list(space))
 
 
+def trial_error(exc: BaseException) -> str:
+    """One line for the trials table: our own error's message when a trial raised one
+    (e.g. ``NonFiniteLossError``, wrapped by Ray Train and Tune), else the exception's
+    last line."""
+    from rayalign.train.trainer import user_error_in
+
+    user = user_error_in(exc)
+    if user is not None:
+        return f"{type(user).__name__}: {user}".splitlines()[0]
+    lines = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()
+    return lines[-1] if lines else type(exc).__name__
+
+
 def summarise(cfg: Config, grid: Any, out: Path, params: list[str]) -> SweepResult:
     """Table of every trial (config + final metrics + error), Pareto set, best, plots."""
     rows, errors, tune_ids = [], {}, []
@@ -192,9 +210,7 @@ def summarise(cfg: Config, grid: Any, out: Path, params: list[str]) -> SweepResu
         row["ref_cache"] = metrics.get("ref_cache")
         row["error"] = None
         if result.error is not None:
-            row["error"] = errors[trial_id] = "".join(
-                traceback.format_exception_only(type(result.error), result.error)
-            ).strip()
+            row["error"] = errors[trial_id] = trial_error(result.error)
         rows.append(row)
     table = pd.DataFrame(rows)
     for metric in cfg.sweep.metrics:

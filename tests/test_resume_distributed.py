@@ -1,0 +1,55 @@
+"""Exact resume with gradient accumulation across epoch boundaries, with a real kill.
+
+Accumulation 3, three epochs, a checkpoint every 2 optimizer steps; 104 pairs over 2
+workers x 4 pairs is 13 micro-batches a worker per epoch, so 4 steps an epoch and one
+micro-batch dropped at each epoch's end. A Train worker is SIGKILLed once the step-6
+checkpoint (inside epoch 1) is registered; Ray Train restarts the group from it. Every
+step's pair ids, loss and learning rate must equal the uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_train_distributed import _config
+from train_support import ray_dataset, separable_pairs, train_and_kill_a_worker
+
+from rayalign.config import Config
+from rayalign.models import load_tokenizer
+from rayalign.train.trainer import run_training
+
+pytestmark = pytest.mark.slow
+
+SETTINGS = {"gradient_accumulation_steps": 3, "epochs": 3, "checkpoint_every": 2, "keep_checkpoints": 3,
+            "lr_schedule": "linear", "warmup_ratio": 0.2}
+
+
+def test_accumulation_resume_across_epochs_matches_uninterrupted(ray_local, tiny_model_dir, tmp_path_factory):
+    tokenizer = load_tokenizer(Config.model_validate({"model": {"name_or_path": str(tiny_model_dir)}}).model)
+    pairs = separable_pairs(tokenizer, 104, seed=3)
+    reference_cfg = _config(tiny_model_dir, tmp_path_factory.mktemp("acc-ref"), "acc", **SETTINGS)
+    reference = run_training(reference_cfg, datasets={"train": ray_dataset(pairs)}, verbose=False)
+    assert [h["step"] for h in reference.history] == list(range(1, 13))
+    assert [h["epoch"] for h in reference.history] == [0] * 4 + [1] * 4 + [2] * 4
+
+    out = tmp_path_factory.mktemp("acc-killed")
+    cfg = _config(tiny_model_dir, out, "acc", max_failures=2, **SETTINGS)
+    killed, outcome = train_and_kill_a_worker(cfg, pairs, "checkpoint_000006")
+    assert killed is not None, "the run finished before the test could kill a worker"
+    assert "error" not in outcome, outcome.get("error")
+    result = outcome["result"]
+    summary = json.loads((result.output_dir / "summary.json").read_text())
+    resumed = summary["resumed_from"]
+    assert resumed and 6 <= resumed[0] < 12  # from a checkpoint inside epoch >= 1
+    assert reference.history[resumed[0] - 1]["epoch"] >= 1
+    assert [h["step"] for h in result.history] == [h["step"] for h in reference.history]
+    for mine, theirs in zip(result.history, reference.history, strict=True):
+        assert mine["pair_ids"] == theirs["pair_ids"], mine["step"]
+        assert mine["epoch"] == theirs["epoch"]
+        assert mine["lr"] == pytest.approx(theirs["lr"], rel=1e-9)
+        assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-4, abs=1e-6)
+    # every pair at most once per epoch, the same dropped remainder in each
+    for epoch in range(3):
+        ids = [i for h in result.history if h["epoch"] == epoch for i in h["pair_ids"]]
+        assert len(ids) == len(set(ids)) == 96

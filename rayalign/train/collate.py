@@ -233,7 +233,8 @@ def collate_packed(
     ``{"full_attention": ..., "sliding_attention": ...}`` where the sliding one also
     requires ``position_q - position_k < sliding_window``), the scored tokens
     ``score_rows``/``score_positions``/``score_targets`` (``[N]``) and ``score_index``
-    (``[N]``: pair i's chosen sums into i, its rejected into B+i), ``label_counts``
+    (``[N]``: pair i's chosen sums into i, its rejected into B+i), ``pair_segments``
+    (per row, the ``(start, end)`` of each pair and of the padding tail), ``label_counts``
     (``[2B]`` scored tokens per sequence), ``num_sequences`` (2B), plus what
     :func:`collate_pairs` returns besides tensors of the padded layout. Padding tokens
     attend only to themselves (no NaN rows) and are never scored.
@@ -255,8 +256,10 @@ def collate_packed(
     score_rows, score_pos, score_tgt, score_idx = [], [], [], []
     counts = [0] * (2 * n)
     tokens = 0
+    segments_per_row: list[list[tuple[int, int]]] = []
     for r, members in enumerate(layout):
         offset = 0
+        bounds: list[tuple[int, int]] = []
         for i in members:
             toks, pos, kinds, scored = segments[i]
             size = len(toks)
@@ -276,8 +279,12 @@ def collate_packed(
                 score_tgt.append(target)
                 score_idx.append(i + side * n)
                 counts[i + side * n] += 1
+            bounds.append((offset, offset + size))
             offset += size
         tokens += offset
+        if offset < width:
+            bounds.append((offset, width))
+        segments_per_row.append(bounds)
         pad = torch.arange(offset, width)
         allowed[r, 0, pad, pad] = True
     masks = {"full_attention": allowed}
@@ -296,6 +303,7 @@ def collate_packed(
         "score_targets": torch.tensor(score_tgt, dtype=torch.long),
         "score_index": torch.tensor(score_idx, dtype=torch.long),
         "label_counts": torch.tensor(counts, dtype=torch.long),
+        "pair_segments": segments_per_row,
         "num_sequences": 2 * n,
         "chosen_safe": torch.tensor(_column(rows, "chosen_safe", True), dtype=torch.float32),
         "rejected_safe": torch.tensor(_column(rows, "rejected_safe", True), dtype=torch.float32),

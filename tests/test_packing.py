@@ -166,3 +166,29 @@ def test_chunked_head_matches_full_logits(monkeypatch):
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     for g, w in zip(grads, [hidden.grad, head.weight.grad, head.bias.grad], strict=True):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+def test_sdpa_models_attend_per_pair_block_and_eager_takes_float_masks(tokenizer, monkeypatch):
+    import rayalign.logprobs as lp
+
+    rows = _rows(tokenizer)
+    calls = []
+    real = lp.pair_segment_sdpa
+
+    def counting(*args, **kwargs):
+        calls.append("pair_segments" in kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lp, "pair_segment_sdpa", counting)
+    monkeypatch.setattr(lp, "_register_pair_attention", lambda: __import__(
+        "transformers").AttentionInterface.register(lp.PAIR_ATTENTION, counting))
+    model = _model("llama", len(tokenizer)).eval()
+    want = batch_logps(model, collate_pairs(rows, tokenizer.pad_token_id))
+    got = batch_logps(model, collate_packed(rows, tokenizer.pad_token_id))
+    assert calls and all(calls)  # every layer ran per-pair SDPA
+    assert model.config._attn_implementation == "sdpa"  # restored after the forward
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+    model.set_attn_implementation("eager")
+    packed = collate_packed(rows, tokenizer.pad_token_id, **packed_mask_options(model))
+    assert packed["attention_mask"].dtype == torch.float32
+    torch.testing.assert_close(batch_logps(model, packed), want, rtol=0, atol=1e-4)

@@ -164,6 +164,16 @@ class TrainConfig(Section):
     gradient_accumulation_steps: int = Field(1, gt=0)
     max_grad_norm: float = Field(1.0, gt=0.0)
     length_grouping: bool = True
+    # Packed micro-batches: each pair once as [prompt | chosen | rejected] with a 4D mask,
+    # pairs concatenated with no padding (docs/training.md). Models whose attention cannot
+    # take the mask exactly fall back to padded pairs with a one-line notice.
+    packing: bool = True
+    # Token budget of one packed row; None = all pairs of a micro-batch in one row.
+    pack_row_tokens: int | None = Field(None, gt=0)
+    # Micro-batches by tokens: an optimizer step still trains batch_size x
+    # gradient_accumulation_steps pairs per worker (the loss is their mean), cut into
+    # micro-batches of at most this many (packed) tokens. None = batch_size pairs each.
+    max_tokens_per_batch: int | None = Field(None, gt=0)
     on_nonfinite: Literal["error", "skip"] = "error"
     checkpoint_every: int = Field(50, gt=0)
     keep_checkpoints: int = Field(2, gt=0)

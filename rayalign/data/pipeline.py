@@ -263,44 +263,39 @@ def tokenize_table(
 
 
 class RefScorer:
-    """Ray Data callable class: the frozen reference model, loaded once per actor."""
+    """Ray Data callable class: the frozen reference model, loaded once per actor.
 
-    def __init__(self, model_cfg: dict[str, Any], use_gpu: bool) -> None:
+    Scores each block with the training loop's collate and log-prob code: packed
+    ``[prompt | chosen | rejected]`` rows (each prompt computed once, no padding) unless
+    ``packing`` is off or the model cannot take the packed mask (then padded pairs, with
+    a one-line notice in the actor's log).
+    """
+
+    def __init__(self, model_cfg: dict[str, Any], use_gpu: bool, packing: bool = True,
+                 row_tokens: int | None = None) -> None:
         import torch
 
         from rayalign.models import load_model
+        from rayalign.train.collate import make_collate
 
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.model = load_model(ModelConfig.model_validate(model_cfg), device=self.device).eval()
+        self.collate = make_collate(self.model, 0, packing=packing, row_tokens=row_tokens,
+                                    notice=lambda line: print(f"[rayalign] {line}", flush=True))
 
     def __call__(self, table: pa.Table) -> pa.Table:
         import torch
 
-        from rayalign.logprobs import sequence_logps
+        from rayalign.logprobs import batch_logps
+        from rayalign.train.collate import to_device
 
         n = table.num_rows
-        ids = table["chosen_input_ids"].to_pylist() + table["rejected_input_ids"].to_pylist()
-        labels = table["chosen_labels"].to_pylist() + table["rejected_labels"].to_pylist()
-        width = max(len(x) for x in ids)
-        input_ids = torch.zeros((2 * n, width), dtype=torch.long)
-        attention = torch.zeros((2 * n, width), dtype=torch.long)
-        target = torch.full((2 * n, width), -100, dtype=torch.long)
-        for i, (row, lab) in enumerate(zip(ids, labels, strict=True)):
-            input_ids[i, : len(row)] = torch.tensor(row)
-            attention[i, : len(row)] = 1
-            target[i, : len(lab)] = torch.tensor(lab)
+        columns = ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels")
+        data = {name: table[name].to_pylist() for name in columns}
+        rows = [{name: data[name][i] for name in columns} for i in range(n)]
         with torch.inference_mode():
-            logps = (
-                sequence_logps(
-                    self.model,
-                    input_ids.to(self.device),
-                    attention.to(self.device),
-                    target.to(self.device),
-                )
-                .float()
-                .cpu()
-                .numpy()
-            )
+            batch = to_device(self.collate(rows), torch.device(self.device))
+            logps = batch_logps(self.model, batch).float().cpu().numpy()
         table = table.append_column("ref_chosen_logps", pa.array(logps[:n], pa.float32()))
         return table.append_column("ref_rejected_logps", pa.array(logps[n:], pa.float32()))
 
@@ -682,6 +677,8 @@ def _build(
                 fn_constructor_kwargs={
                     "model_cfg": ref_cfg.model_dump(),
                     "use_gpu": d.ref_gpus_per_actor > 0,
+                    "packing": cfg.train.packing,
+                    "row_tokens": cfg.train.pack_row_tokens,
                 },
                 compute=ray.data.ActorPoolStrategy(size=d.ref_num_actors),
                 runtime_env={"env_vars": thread_env(d.ref_torch_threads)},

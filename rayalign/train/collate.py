@@ -125,7 +125,203 @@ def collate_pairs(rows: list[Row], pad_token_id: int) -> dict[str, Any]:
         "ids": [str(r.get("id", "")) for r in rows],
         "num_tokens": int(attention_mask.sum()),
         "num_slots": attention_mask.numel(),
+        "num_sequences": len(seqs),
     }
+    batch["label_counts"] = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(dim=1)
+    _add_reference(batch, rows)
+    return batch
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """A collated batch (nested dicts of tensors and plain values) with tensors on ``device``."""
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch.to(device) if isinstance(batch, torch.Tensor) else batch
+
+
+def padding_fraction(num_tokens: int, num_slots: int) -> float:
+    """Share of computed positions that were padding."""
+    return 0.0 if num_slots == 0 else 1.0 - num_tokens / num_slots
+
+
+# --------------------------------------------------------------------------- packed layout
+#
+# One pair is laid out once as ``[prompt | chosen | rejected]``: the prompt tokens the two
+# sequences share are computed once. Chosen tokens attend causally to the prompt and to
+# the chosen tokens before them; rejected tokens to the prompt and the rejected tokens
+# before them (never to chosen). Position ids run 0..p-1 over the prompt and restart at p
+# for both responses, so every token sees exactly the positions and context it has in
+# its own padded sequence. Pairs are concatenated into rows; attention never crosses pairs.
+
+PROMPT, CHOSEN, REJECTED = 0, 1, 2
+
+
+def shared_prompt_length(chosen_ids: list[int], rejected_ids: list[int],
+                         chosen_labels: list[int], rejected_labels: list[int]) -> int:
+    """Leading tokens the two sequences share and neither scores (the computed-once prompt).
+
+    The longest common prefix of the two token lists, cut at the first position either
+    side scores (``label != -100``), so a scored token is never in the shared part.
+    """
+    limit = min(len(chosen_ids), len(rejected_ids))
+    for labels in (chosen_labels, rejected_labels):
+        first = next((i for i, v in enumerate(labels) if v != IGNORE_INDEX), len(labels))
+        limit = min(limit, first)
+    shared = 0
+    while shared < limit and chosen_ids[shared] == rejected_ids[shared]:
+        shared += 1
+    return shared
+
+
+def packed_length(row: Row) -> int:
+    """Tokens a pair costs in the packed layout: prompt once plus both responses."""
+    chosen, rejected = _as_list(row["chosen_input_ids"]), _as_list(row["rejected_input_ids"])
+    shared = shared_prompt_length(chosen, rejected, _as_list(row["chosen_labels"]),
+                                  _as_list(row["rejected_labels"]))
+    return len(chosen) + len(rejected) - shared
+
+
+def pack_rows(lengths: list[int], row_tokens: int | None) -> list[list[int]]:
+    """Assign pairs (by index) to rows: first-fit decreasing into rows of ``row_tokens``.
+
+    ``None`` puts every pair in one row; a pair longer than ``row_tokens`` gets a row of
+    its own. Deterministic (ties keep input order). Rows are listed longest first.
+    """
+    if row_tokens is None:
+        return [list(range(len(lengths)))]
+    rows: list[list[int]] = []
+    used: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for r, total in enumerate(used):
+            if total + lengths[i] <= row_tokens:
+                rows[r].append(i)
+                used[r] += lengths[i]
+                break
+        else:
+            rows.append([i])
+            used.append(lengths[i])
+    return rows
+
+
+def _pair_segment(chosen: list[int], rejected: list[int], c_labels: list[int],
+                  r_labels: list[int], shared: int):
+    """Tokens, position ids, kinds and scored (source offset, target, side) of one pair."""
+    c_tail, r_tail = chosen[shared:], rejected[shared:]
+    tokens = chosen[:shared] + c_tail + r_tail
+    positions = list(range(len(chosen))) + list(range(shared, len(rejected)))
+    kinds = [PROMPT] * shared + [CHOSEN] * len(c_tail) + [REJECTED] * len(r_tail)
+    scored: list[tuple[int, int, int]] = []  # (offset of the predicting token, target, side)
+    for side, labels, start in ((0, c_labels, shared), (1, r_labels, len(chosen))):
+        for t in range(max(1, shared), len(labels)):
+            if labels[t] == IGNORE_INDEX:
+                continue
+            source = t - 1 if t - 1 < shared else start + (t - 1 - shared)
+            scored.append((source, int(labels[t]), side))
+    return tokens, positions, kinds, scored
+
+
+def collate_packed(
+    rows: list[Row], pad_token_id: int, *, row_tokens: int | None = None,
+    sliding_window: int | None = None, float_mask_dtype: torch.dtype | None = None,
+) -> dict[str, Any]:
+    """Pack pairs into rows ``[prompt | chosen | rejected][prompt | chosen | rejected]...``.
+
+    Returns ``input_ids`` and ``position_ids`` (``[R, L]``, rows right-padded to the
+    longest row: with ``row_tokens=None`` one row and no padding at all), a 4D
+    ``attention_mask`` (``[R, 1, L, L]``; bool, True = may attend, or additive floats in
+    ``float_mask_dtype`` for eager attention; with ``sliding_window`` a dict
+    ``{"full_attention": ..., "sliding_attention": ...}`` where the sliding one also
+    requires ``position_q - position_k < sliding_window``), the scored tokens
+    ``score_rows``/``score_positions``/``score_targets`` (``[N]``) and ``score_index``
+    (``[N]``: pair i's chosen sums into i, its rejected into B+i), ``pair_segments``
+    (per row, the ``(start, end)`` of each pair and of the padding tail), ``label_counts``
+    (``[2B]`` scored tokens per sequence), ``num_sequences`` (2B), plus what
+    :func:`collate_pairs` returns besides tensors of the padded layout. Padding tokens
+    attend only to themselves (no NaN rows) and are never scored.
+    """
+    n = len(rows)
+    segments = []
+    for row in rows:
+        c, r = _as_list(row["chosen_input_ids"]), _as_list(row["rejected_input_ids"])
+        cl, rl = _as_list(row["chosen_labels"]), _as_list(row["rejected_labels"])
+        if len(c) != len(cl) or len(r) != len(rl):
+            raise ValueError("input_ids and labels of a tokenized pair differ in length")
+        segments.append(_pair_segment(c, r, cl, rl, shared_prompt_length(c, r, cl, rl)))
+    layout = pack_rows([len(s[0]) for s in segments], row_tokens)
+    width = max(sum(len(segments[i][0]) for i in members) for members in layout)
+    input_ids = torch.full((len(layout), width), pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((len(layout), width), dtype=torch.long)
+    allowed = torch.zeros((len(layout), 1, width, width), dtype=torch.bool)
+    window = torch.ones_like(allowed) if sliding_window is not None else None
+    score_rows, score_pos, score_tgt, score_idx = [], [], [], []
+    counts = [0] * (2 * n)
+    tokens = 0
+    segments_per_row: list[list[tuple[int, int]]] = []
+    for r, members in enumerate(layout):
+        offset = 0
+        bounds: list[tuple[int, int]] = []
+        for i in members:
+            toks, pos, kinds, scored = segments[i]
+            size = len(toks)
+            sl = slice(offset, offset + size)
+            input_ids[r, sl] = torch.tensor(toks, dtype=torch.long)
+            position_ids[r, sl] = torch.tensor(pos, dtype=torch.long)
+            kind = torch.tensor(kinds)
+            causal = torch.ones(size, size, dtype=torch.bool).tril()
+            same_branch = (kind[None, :] == PROMPT) | (kind[None, :] == kind[:, None])
+            allowed[r, 0, sl, sl] = causal & same_branch
+            if window is not None:
+                p = torch.tensor(pos)
+                window[r, 0, sl, sl] = (p[:, None] - p[None, :]) < sliding_window
+            for source, target, side in scored:
+                score_rows.append(r)
+                score_pos.append(offset + source)
+                score_tgt.append(target)
+                score_idx.append(i + side * n)
+                counts[i + side * n] += 1
+            bounds.append((offset, offset + size))
+            offset += size
+        tokens += offset
+        if offset < width:
+            bounds.append((offset, width))
+        segments_per_row.append(bounds)
+        pad = torch.arange(offset, width)
+        allowed[r, 0, pad, pad] = True
+    masks = {"full_attention": allowed}
+    if window is not None:
+        masks["sliding_attention"] = allowed & window
+    if float_mask_dtype is not None:
+        low = torch.finfo(float_mask_dtype).min
+        masks = {k: torch.zeros(m.shape, dtype=float_mask_dtype).masked_fill_(~m, low)
+                 for k, m in masks.items()}
+    batch: dict[str, Any] = {
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "attention_mask": masks if window is not None else masks["full_attention"],
+        "score_rows": torch.tensor(score_rows, dtype=torch.long),
+        "score_positions": torch.tensor(score_pos, dtype=torch.long),
+        "score_targets": torch.tensor(score_tgt, dtype=torch.long),
+        "score_index": torch.tensor(score_idx, dtype=torch.long),
+        "label_counts": torch.tensor(counts, dtype=torch.long),
+        "pair_segments": segments_per_row,
+        "num_sequences": 2 * n,
+        "chosen_safe": torch.tensor(_column(rows, "chosen_safe", True), dtype=torch.float32),
+        "rejected_safe": torch.tensor(_column(rows, "rejected_safe", True), dtype=torch.float32),
+        "ids": [str(r.get("id", "")) for r in rows],
+        "num_tokens": tokens,
+        "num_slots": input_ids.numel(),
+        "prompt_tokens_saved": sum(pair_length_padded(row) for row in rows) - tokens,
+    }
+    _add_reference(batch, rows)
+    return batch
+
+
+def pair_length_padded(row: Row) -> int:
+    """Tokens a pair costs as two separate sequences (prompt computed twice)."""
+    return len(row["chosen_input_ids"]) + len(row["rejected_input_ids"])
+
+
+def _add_reference(batch: dict[str, Any], rows: list[Row]) -> None:
     if all(r.get("ref_chosen_logps") is not None for r in rows) and all(
         r.get("ref_rejected_logps") is not None for r in rows
     ):
@@ -135,9 +331,56 @@ def collate_pairs(rows: list[Row], pad_token_id: int) -> dict[str, Any]:
         batch["ref_rejected_logps"] = torch.tensor(
             [float(r["ref_rejected_logps"]) for r in rows], dtype=torch.float32
         )
-    return batch
 
 
-def padding_fraction(num_tokens: int, num_slots: int) -> float:
-    """Share of computed positions that were padding."""
-    return 0.0 if num_slots == 0 else 1.0 - num_tokens / num_slots
+def make_collate(
+    model: Any, pad_token_id: int, *, packing: bool, row_tokens: int | None,
+    notice: Any = None,
+):
+    """The collate function for ``model``: packed when asked for and exact, else padded.
+
+    Falls back to padded pairs with a one-line ``notice`` (a print-like callable) when
+    the model's attention or layer types cannot take the packed layout's mask exactly.
+    """
+    from functools import partial
+
+    from rayalign.logprobs import packed_mask_options, packing_unsupported_reason
+
+    if packing:
+        reason = packing_unsupported_reason(model)
+        if reason is None:
+            return partial(collate_packed, pad_token_id=pad_token_id, row_tokens=row_tokens,
+                           **packed_mask_options(model))
+        if notice is not None:
+            notice(f"packed batches are off for this model ({reason}); using padded pairs")
+    return partial(collate_pairs, pad_token_id=pad_token_id)
+
+
+def split_by_tokens(rows: list[Row], max_tokens: int, *, packed: bool) -> list[list[Row]]:
+    """Cut ``rows`` (in order) into chunks of at most ``max_tokens`` computed tokens.
+
+    Tokens are counted as the layout computes them: prompt once plus both responses
+    (``packed``) or the two padded sequences (``2 x`` the longer one). A pair longer than
+    the budget forms a chunk of its own. Deterministic, so resume replays the same chunks.
+    """
+    chunks: list[list[Row]] = []
+    current: list[Row] = []
+    width = 0  # padded: the longest pair so far sets every sequence's length
+    total = 0
+    for row in rows:
+        if packed:
+            new_total = total + packed_length(row)
+        else:
+            width_new = max(width, pair_length(row))
+            new_total = 2 * width_new * (len(current) + 1)
+        if current and new_total > max_tokens:
+            chunks.append(current)
+            current, width, total = [], 0, 0
+            new_total = packed_length(row) if packed else 2 * pair_length(row)
+        current.append(row)
+        total = new_total
+        if not packed:
+            width = max(width, pair_length(row))
+    if current:
+        chunks.append(current)
+    return chunks

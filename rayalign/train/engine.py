@@ -25,10 +25,15 @@ def deepspeed_config(train: TrainConfig, *, world_size: int, dtype: str, on_gpu:
         zero["offload_param"] = {"device": "cpu", "pin_memory": on_gpu}
     if train.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
+    micro, accumulation = train.batch_size, train.gradient_accumulation_steps
+    if train.max_tokens_per_batch is not None:
+        # one engine step per optimizer step; the loop runs its token-bounded chunks as
+        # backward passes with a manual accumulation boundary and scales the loss itself
+        micro, accumulation = train.batch_size * train.gradient_accumulation_steps, 1
     return {
-        "train_micro_batch_size_per_gpu": train.batch_size,
-        "gradient_accumulation_steps": train.gradient_accumulation_steps,
-        "train_batch_size": train.batch_size * train.gradient_accumulation_steps * world_size,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": accumulation,
+        "train_batch_size": micro * accumulation * world_size,
         "gradient_clipping": train.max_grad_norm,
         "zero_optimization": zero,
         "optimizer": {

@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from torch import nn
 
 from rayalign.config import Config
 from rayalign.errors import UserError
-from rayalign.logprobs import sequence_logps
+from rayalign.logprobs import batch_logps
 from rayalign.losses import anchor_nll, preference_loss, preference_metric_sums
 from rayalign.train.checkpoint import (
     DEEPSPEED_DIR,
@@ -34,7 +34,13 @@ from rayalign.train.checkpoint import (
     save_trainer_state,
     save_worker_state,
 )
-from rayalign.train.collate import collate_pairs, padding_fraction, stream_batches
+from rayalign.train.collate import (
+    make_collate,
+    padding_fraction,
+    split_by_tokens,
+    stream_batches,
+    to_device,
+)
 from rayalign.train.metrics import add_metric_sums, reduce_metric_sums
 from rayalign.train.runtime import RayTrainRuntime, Runtime, fresh_checkpoint_dir
 
@@ -57,8 +63,8 @@ class SequenceLogpsModel(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask, labels):  # type: ignore[override]
-        return sequence_logps(self.model, input_ids, attention_mask, labels)
+    def forward(self, batch):  # type: ignore[override]
+        return batch_logps(self.model, batch)
 
 
 class ReferenceLogps:
@@ -73,25 +79,28 @@ class ReferenceLogps:
     def __call__(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         if "ref_chosen_logps" in batch:
             return batch["ref_chosen_logps"], batch["ref_rejected_logps"]
-        args = (batch["input_ids"], batch["attention_mask"], batch["labels"])
         if self.cfg.model.lora is not None:
             with self.policy.disable_adapter():
-                logps = sequence_logps(self.policy, *args)
+                logps = batch_logps(self.policy, batch)
         else:
             if self.frozen is None:
                 from rayalign.models import load_model
 
                 self.frozen = load_model(self.cfg.model, device=str(self.device)).eval()
                 self.frozen.requires_grad_(False)
-            logps = sequence_logps(self.frozen, *args)
+            logps = batch_logps(self.frozen, batch)
         half = logps.shape[0] // 2
         return logps[:half], logps[half:]
 
 
 def epoch_batches(
-    runtime: Runtime, cfg: Config, epoch: int, pad_token_id: int
+    runtime: Runtime, cfg: Config, epoch: int, collate: Callable[[list[dict[str, Any]]], dict[str, Any]]
 ) -> Iterator[dict[str, Any]]:
-    """This worker's collated micro-batches for one epoch, in a deterministic order.
+    """This worker's micro-batches for one epoch, in a deterministic order.
+
+    Each is a list of collated chunks: one of ``batch_size`` pairs, or with
+    ``train.max_tokens_per_batch`` an optimizer step's ``batch_size x
+    gradient_accumulation_steps`` pairs cut into chunks of at most that many tokens.
 
     BFPO buffered mode: the safety and the helpfulness stream are read in lock-step and
     each micro-batch holds ``batch_size`` pairs of each; the epoch ends with the shorter.
@@ -100,25 +109,63 @@ def epoch_batches(
 
     def stream(name: str) -> Iterator[list[dict[str, Any]]]:
         blocks = runtime.shard(name).iter_batches(
-            batch_size=t.batch_size * LENGTH_GROUP_WINDOW, batch_format="numpy", prefetch_batches=2
+            batch_size=size * LENGTH_GROUP_WINDOW, batch_format="numpy", prefetch_batches=2
         )
         seed = f"{t.seed}:{epoch}:{runtime.rank}:{name}"
         return stream_batches(
-            blocks, t.batch_size, window=LENGTH_GROUP_WINDOW, length_grouping=t.length_grouping,
+            blocks, size, window=LENGTH_GROUP_WINDOW, length_grouping=t.length_grouping,
             seed=seed,  # type: ignore[arg-type]
         )
 
+    def chunked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if t.max_tokens_per_batch is None:
+            return [collate(rows)]
+        return [collate(part) for part in split_by_tokens(rows, t.max_tokens_per_batch, packed=t.packing)]
+
+    size = t.batch_size * (t.gradient_accumulation_steps if t.max_tokens_per_batch else 1)
     safety = stream("train")
     if runtime.shard("helpfulness") is None:
         for rows in safety:
-            yield collate_pairs(rows, pad_token_id)
+            yield chunked(rows)
     else:
         for rows, helpful in zip(safety, stream("helpfulness"), strict=False):
-            yield collate_pairs(rows + helpful, pad_token_id)
+            yield chunked(rows + helpful)
 
 
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+def _pair_losses(cfg: Config, engine: Any, reference: ReferenceLogps, batch: dict[str, Any]):
+    """Per-pair losses ``[B]`` and what the metrics need, for one collated batch."""
+    policy_logps = engine(batch)
+    half = policy_logps.shape[0] // 2
+    policy_chosen, policy_rejected = policy_logps[:half], policy_logps[half:]
+    ref_chosen, ref_rejected = reference(batch)
+    safety = (batch["chosen_safe"], batch["rejected_safe"])
+    losses = preference_loss(
+        cfg.loss.name, policy_chosen, policy_rejected, ref_chosen, ref_rejected, *safety,
+        beta=cfg.loss.beta, delta=cfg.loss.delta, b1=cfg.loss.b1, alpha=cfg.loss.alpha,
+    )
+    if cfg.loss.sft_weight:
+        counts = batch["label_counts"]
+        anchor = anchor_nll(
+            cfg.loss.name, policy_chosen, policy_rejected, counts[:half], counts[half:], *safety
+        )
+        losses = losses + cfg.loss.sft_weight * anchor
+    return losses, policy_chosen, policy_rejected, ref_chosen, ref_rejected, *safety
+
+
+def _skip_single_rank_allreduce(engine: Any, world_size: int, zero_stage: int) -> None:
+    """One rank without ZeRO partitioning has nothing to all-reduce: skip DeepSpeed's reduce.
+
+    DeepSpeed's ZeRO-0 reduce flattens every gradient into one fresh buffer per step (up
+    to 500M elements: a full extra copy of the gradients, 0.5 GB for a 135M model in
+    fp32) even when the world size is 1; that copy put rayalign's peak RSS above TRL's.
+    """
+    if world_size == 1 and zero_stage == 0:
+        engine.enable_backward_allreduce = False
+
+
+def _zero_loss(model: nn.Module) -> torch.Tensor:
+    """A loss with zero gradient for every trainable parameter (keeps ZeRO's hooks in step)."""
+    return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
 
 
 def _all_reduce(values: torch.Tensor, op: str = "sum") -> torch.Tensor:
@@ -183,7 +230,11 @@ def train(
             f"for batch_size={t.batch_size} x gradient_accumulation_steps="
             f"{t.gradient_accumulation_steps} x num_workers={runtime.world_size})"
         )
-    micro_per_epoch = steps_per_epoch * t.gradient_accumulation_steps
+    # train.max_tokens_per_batch: one micro-batch holds a whole optimizer step's pairs, cut
+    # into token-bounded chunks (backward passes); otherwise micro-batches of batch_size pairs
+    by_tokens = t.max_tokens_per_batch is not None
+    micro_per_step = 1 if by_tokens else t.gradient_accumulation_steps
+    micro_per_epoch = steps_per_epoch * micro_per_step
 
     # --- 1. model: policy (+ LoRA or selective unfreeze), reference log-probs
     tokenizer = load_tokenizer(cfg.model)
@@ -195,6 +246,10 @@ def train(
     elif cfg.model.trainable_modules is not None:
         apply_selective_unfreeze(model, cfg.model.trainable_modules)
     reference = ReferenceLogps(cfg, model, device)
+    collate = make_collate(
+        model, tokenizer.pad_token_id, packing=t.packing, row_tokens=t.pack_row_tokens,
+        notice=_say if rank == 0 else None,
+    )
 
     # --- 2. DeepSpeed engine: ZeRO stage, offload, accumulation, clipping, LR schedule
     dtype = str(resolve_dtype(cfg.model, str(device))).removeprefix("torch.")
@@ -205,6 +260,7 @@ def train(
         lr_scheduler=lambda optimizer: make_scheduler(optimizer, t, total_steps),
         dist_init_required=False,
     )
+    _skip_single_rank_allreduce(engine, runtime.world_size, t.zero_stage)
 
     # --- 3. resume: weights, optimizer, scheduler, data position, RNG, metrics log
     metrics_log = Path(output_dir) / METRICS_FILE if output_dir is not None and rank == 0 else None
@@ -252,52 +308,61 @@ def train(
     step_start = time.perf_counter()
     while state.step < total_steps:
         steps_before = state.step
-        batches = epoch_batches(runtime, cfg, state.epoch, tokenizer.pad_token_id)
-        for index, batch in enumerate(batches):
+        batches = epoch_batches(runtime, cfg, state.epoch, collate)
+        for index, chunks in enumerate(batches):
             if index >= micro_per_epoch or state.step >= total_steps:
                 break
             if index < state.micro_batches_in_epoch:
                 continue  # trained on before the checkpoint we resumed from
-            batch = _to_device(batch, device)
-            policy_logps = engine(batch["input_ids"], batch["attention_mask"], batch["labels"])
-            half = policy_logps.shape[0] // 2
-            policy_chosen, policy_rejected = policy_logps[:half], policy_logps[half:]
-            ref_chosen, ref_rejected = reference(batch)
-            safety = (batch["chosen_safe"], batch["rejected_safe"])
-            losses = preference_loss(
-                cfg.loss.name, policy_chosen, policy_rejected, ref_chosen, ref_rejected, *safety,
-                beta=cfg.loss.beta, delta=cfg.loss.delta, b1=cfg.loss.b1, alpha=cfg.loss.alpha,
-            )
-            if cfg.loss.sft_weight:
-                counts = (batch["labels"][:, 1:] != -100).sum(dim=1)
-                anchor = anchor_nll(
-                    cfg.loss.name, policy_chosen, policy_rejected, counts[:half], counts[half:], *safety
-                )
-                losses = losses + cfg.loss.sft_weight * anchor
-            loss = losses.mean()
+            # one micro-batch = one or (train.max_tokens_per_batch) more token-bounded chunks;
+            # the loss is the mean over all its pairs: each chunk adds sum(losses) / pairs
+            pairs = sum(len(chunk["ids"]) for chunk in chunks)
+            n_chunks = len(chunks)
+            if by_tokens:  # every rank runs as many backward passes (ZeRO collectives)
+                n_chunks = int(_all_reduce(torch.tensor([float(n_chunks)], device=device), "max"))
             state.micro_batches_in_epoch = index + 1
-            finite = _all_reduce(torch.isfinite(loss.detach()).float().reshape(1), "min")
-            if finite.item() < 1.0:
-                where = f"step {state.step + 1} (epoch {state.epoch}, micro-batch {index})"
-                if t.on_nonfinite == "error":
-                    raise NonFiniteLossError(
-                        f"non-finite loss at {where}; weights were not updated. Lower "
-                        "train.learning_rate, check the data, or set train.on_nonfinite=skip"
-                    )
-                state.skipped_nonfinite += 1
-                _say(f"skipping micro-batch with non-finite loss at {where}")
+            parts, loss_sum = [], torch.zeros((), device=device)
+            for k in range(n_chunks):
+                if by_tokens:
+                    engine.set_gradient_accumulation_boundary(k == n_chunks - 1)
+                if k >= len(chunks):  # padding pass of a rank with fewer chunks: zero gradient
+                    engine.backward(_zero_loss(model), scale_wrt_gas=False)
+                    continue
+                batch = to_device(chunks[k], device)
+                out = _pair_losses(cfg, engine, reference, batch)
+                loss = out[0].sum() / pairs
+                finite = _all_reduce(torch.isfinite(loss.detach()).float().reshape(1), "min")
+                if finite.item() < 1.0:
+                    where = f"step {state.step + 1} (epoch {state.epoch}, micro-batch {index})"
+                    if t.on_nonfinite == "error":
+                        raise NonFiniteLossError(
+                            f"non-finite loss at {where}; weights were not updated. Lower "
+                            "train.learning_rate, check the data, or set train.on_nonfinite=skip"
+                        )
+                    state.skipped_nonfinite += 1
+                    _say(f"skipping micro-batch with non-finite loss at {where}")
+                    if by_tokens:  # keep the backward count: this chunk adds nothing
+                        engine.backward(_zero_loss(model), scale_wrt_gas=False)
+                    continue
+                engine.backward(loss, scale_wrt_gas=not by_tokens)
+                loss_sum = loss_sum + loss.detach()
+                parts.append([x.detach() for x in out[1:]])
+                tokens, slots = tokens + batch["num_tokens"], slots + batch["num_slots"]
+                step_ids += batch["ids"]
+            if not parts:  # every chunk skipped: no update, nothing counted
                 continue
-            engine.backward(loss)
+            policy_chosen, policy_rejected, ref_chosen, ref_rejected, *safety = (
+                torch.cat(column) for column in zip(*parts, strict=True)
+            )
             metrics = preference_metric_sums(
                 policy_chosen, policy_rejected, ref_chosen, ref_rejected, *safety, beta=cfg.loss.beta
             )
-            metrics["loss"] = (loss.detach(), torch.ones((), device=device))  # mean of micro-batch losses
+            metrics["loss"] = (loss_sum, torch.ones((), device=device))  # mean of micro-batch losses
             add_metric_sums(sums, metrics)
-            tokens, slots, micro = tokens + batch["num_tokens"], slots + batch["num_slots"], micro + 1
-            step_ids += batch["ids"]
+            micro += 1
             lr = scheduler.get_last_lr()[0]
             engine.step()  # optimizer step only at accumulation boundaries
-            if micro % t.gradient_accumulation_steps:
+            if micro % micro_per_step:
                 continue
 
             # one optimizer step done: aggregate metrics over micro-batches and workers

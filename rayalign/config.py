@@ -122,6 +122,12 @@ class LossConfig(Section):
     # Weight of an NLL term on the response the loss prefers, the safe one for safedpo/bfpo
     # (RPO-style; see rayalign.losses.anchor_nll); 0 = the paper's loss.
     sft_weight: float = Field(0.0, ge=0.0)
+    # Length-normalised log-probs: each response's summed log-prob (policy and reference)
+    # divided by its token count before the loss, so h is a per-token log-ratio difference
+    # (TRL's convention for IPO). The squared losses (ipo, bfpo) then pull h towards a
+    # per-token target whatever the response length, and their gradient stays on the scale
+    # of the per-token NLL anchor instead of growing with the summed length.
+    average_logps: bool = False
 
     @field_validator("b1")
     @classmethod

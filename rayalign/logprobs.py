@@ -355,3 +355,13 @@ def batch_logps(model: nn.Module, batch: dict[str, Any]) -> Tensor:
     if "score_index" in batch:
         return packed_sequence_logps(model, batch)
     return sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+
+
+def mean_token_logps(logps: torch.Tensor, token_counts: torch.Tensor) -> torch.Tensor:
+    """Summed response log-probs ``[B]`` divided by their scored token counts ``[B]``.
+
+    ``loss.average_logps``: the per-token (length-normalised) log-probability that TRL's
+    DPO trainer uses for IPO (Azar et al., arXiv 2310.12036) and SimPO (arXiv 2405.14734,
+    eq. 4) uses throughout. A count of 0 (a response truncated away) is treated as 1.
+    """
+    return logps / token_counts.clamp(min=1).to(device=logps.device, dtype=logps.dtype)

@@ -166,3 +166,31 @@ def test_chosen_nll_is_per_token_and_raises_the_chosen_response():
     assert nll.tolist() == pytest.approx([2.0, 2.0])  # empty responses count as one token
     nll.sum().backward()
     assert (logps.grad < 0).all()  # descending raises the chosen log-likelihood
+
+
+def test_average_logps_turns_bfpo_into_a_per_token_regression():
+    """loss.average_logps: h is the per-token log-ratio difference; the NLL anchor is unchanged."""
+    from rayalign.config import Config
+    from rayalign.logprobs import mean_token_logps
+    from rayalign.train.loop import _pair_losses
+
+    counts = torch.tensor([4, 10, 2, 5])  # chosen of pairs 0-1, then rejected of pairs 0-1
+    policy = torch.tensor([-8.0, -30.0, -4.0, -5.0])
+    ref = torch.tensor([-6.0, -20.0, -2.0, -10.0])
+    assert mean_token_logps(policy, counts).tolist() == [-2.0, -3.0, -2.0, -1.0]
+    assert mean_token_logps(torch.tensor([-3.0]), torch.tensor([0])).item() == -3.0  # 0 counts as 1
+    batch = {"label_counts": counts, "chosen_safe": torch.tensor([False, True]),
+             "rejected_safe": torch.tensor([True, True])}
+    cfg = Config.model_validate({"model": {"name_or_path": "x"}, "data": {"sources": [{"path": "x"}]},
+                                 "loss": {"name": "bfpo", "beta": 1.0, "average_logps": True,
+                                          "sft_weight": 0.5}})
+    losses, pc, _, _, rr, *_ = _pair_losses(cfg, lambda b: policy, lambda b: (ref[:2], ref[2:]), batch)
+    # per-token h: pair 0 (-2 - -1.5) - (-2 - -1) = 0.5, pair 1 (-3 - -2) - (-1 - -2) = -2
+    # targets g/beta: unsafe/safe -1.0, safe/safe 0.5; anchors (per-token NLL of the safe
+    # response, from the sums): pair 0 the rejected 4/2 = 2, pair 1 the chosen 30/10 = 3
+    expected = torch.tensor([(0.5 + 1.0) ** 2 + 0.5 * 2.0, (-2.0 - 0.5) ** 2 + 0.5 * 3.0])
+    assert torch.allclose(losses, expected)
+    assert pc.tolist() == [-2.0, -3.0] and rr.tolist() == [-1.0, -2.0]  # metrics see per-token values
+    summed = cfg.model_copy(update={"loss": cfg.loss.model_copy(update={"average_logps": False})})
+    losses_sum, *_ = _pair_losses(summed, lambda b: policy, lambda b: (ref[:2], ref[2:]), batch)
+    assert not torch.allclose(losses_sum, expected)

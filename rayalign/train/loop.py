@@ -23,7 +23,7 @@ from torch import nn
 
 from rayalign.config import Config
 from rayalign.errors import UserError
-from rayalign.logprobs import batch_logps
+from rayalign.logprobs import batch_logps, mean_token_logps
 from rayalign.losses import anchor_nll, preference_loss, preference_metric_sums
 from rayalign.train.checkpoint import (
     DEEPSPEED_DIR,
@@ -139,15 +139,20 @@ def _pair_losses(cfg: Config, engine: Any, reference: ReferenceLogps, batch: dic
     policy_chosen, policy_rejected = policy_logps[:half], policy_logps[half:]
     ref_chosen, ref_rejected = reference(batch)
     safety = (batch["chosen_safe"], batch["rejected_safe"])
+    counts = batch["label_counts"]
+    anchor = None
+    if cfg.loss.sft_weight:  # per-token NLL of the summed log-probs
+        anchor = anchor_nll(
+            cfg.loss.name, policy_chosen, policy_rejected, counts[:half], counts[half:], *safety
+        )
+    if cfg.loss.average_logps:
+        policy_chosen, ref_chosen = (mean_token_logps(x, counts[:half]) for x in (policy_chosen, ref_chosen))
+        policy_rejected, ref_rejected = (mean_token_logps(x, counts[half:]) for x in (policy_rejected, ref_rejected))
     losses = preference_loss(
         cfg.loss.name, policy_chosen, policy_rejected, ref_chosen, ref_rejected, *safety,
         beta=cfg.loss.beta, delta=cfg.loss.delta, b1=cfg.loss.b1, alpha=cfg.loss.alpha,
     )
-    if cfg.loss.sft_weight:
-        counts = batch["label_counts"]
-        anchor = anchor_nll(
-            cfg.loss.name, policy_chosen, policy_rejected, counts[:half], counts[half:], *safety
-        )
+    if anchor is not None:
         losses = losses + cfg.loss.sft_weight * anchor
     return losses, policy_chosen, policy_rejected, ref_chosen, ref_rejected, *safety
 

@@ -4,28 +4,39 @@ and parses. The full demo's numbers come from benchmarks/demo_effect.py, not fro
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from rayalign.demo import demo_config, evaluate_cached, evaluation_key, format_summary, run_demo
+from rayalign.demo import demo_config, evaluate_cached, evaluation_key
 
 pytestmark = pytest.mark.slow
 
 
-def test_short_demo_writes_every_artefact(ray_local, tmp_path, monkeypatch):
-    monkeypatch.setenv("RAYALIGN_CACHE", str(tmp_path / "rayalign-cache"))
-    cfg = demo_config(
-        "safedpo",
-        ["model.name_or_path=tiny-random-llama", "train.max_steps=2", "train.batch_size=4",
-         "eval.limit=3", "eval.max_new_tokens=4", f"data.cache_dir={tmp_path / 'cache'}",
-         "eval.benchmarks=[demo, 'xstest@4', 'advbench@2']",
-         "data.max_length=128", "data.max_prompt_length=64"],
-        output_dir=str(tmp_path / "demo"),
-    )
-    result = run_demo(cfg, method="safedpo")
-
+def test_short_demo_writes_every_artefact(tmp_path):
+    """`rayalign demo` as a user runs it (its own process and Ray, this machine's real core
+    count, a non-TTY console): at most 60 console lines, every artefact written."""
+    env = {**os.environ, "RAYALIGN_CACHE": str(tmp_path / "rayalign-cache")}
+    env.pop("RAY_ADDRESS", None)
+    overrides = ["model.name_or_path=tiny-random-llama", "train.max_steps=2", "train.batch_size=4",
+                 "eval.limit=3", "eval.max_new_tokens=4", f"data.cache_dir={tmp_path / 'cache'}",
+                 "eval.benchmarks=[demo, 'xstest@4', 'advbench@2']",
+                 "data.max_length=128", "data.max_prompt_length=64"]
     out = tmp_path / "demo"
+    command = [sys.executable, "-m", "rayalign.cli", "demo", "--output-dir", str(out)]
+    for item in overrides:
+        command += ["--set", item]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900,
+                          cwd=str(tmp_path))
+    console = (proc.stdout + proc.stderr).splitlines()
+    assert proc.returncode == 0, "\n".join(console[-40:])
+    assert len(console) <= 60, "\n".join(console)  # Ray's own lines go to the log file
+    assert any("AdvBench harmful behaviours refused" in line for line in console)  # the summary
+    assert list((out / "logs").glob("demo-*.log"))
+
     report = json.loads((out / "report.json").read_text())
     # Every measure of the demo, before and after: its own held-out prompts, AdvBench and
     # both halves of XSTest (safe prompts: compliance; unsafe contrast prompts: harmlessness).
@@ -50,12 +61,17 @@ def test_short_demo_writes_every_artefact(ray_local, tmp_path, monkeypatch):
     assert [h["step"] for h in history] == [1, 2]
     for phase in ("eval_before", "eval_after"):
         assert json.loads((out / phase / "metrics.json").read_text())
-    assert "AdvBench harmful behaviours refused" in format_summary(result)
 
     # The untouched model's evaluation is cached: the same model, prompts and settings are
-    # answered from $RAYALIGN_CACHE without serving anything.
-    cached = evaluate_cached(cfg.model, cfg.eval, tmp_path / "again")
-    assert cached["demo/harmless_ratio"] == result.before["demo/harmless_ratio"]
+    # answered from $RAYALIGN_CACHE without serving anything (no Ray in this process).
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setenv("RAYALIGN_CACHE", env["RAYALIGN_CACHE"])
+    try:
+        cfg = demo_config("safedpo", overrides, output_dir=str(out))
+        cached = evaluate_cached(cfg.model, cfg.eval, tmp_path / "again")
+    finally:
+        monkeypatch.undo()
+    assert cached["demo/harmless_ratio"] == report["harmless_before"]
     assert (tmp_path / "again" / "metrics.json").is_file()
     other = cfg.eval.model_copy(update={"max_new_tokens": 5})
     assert evaluation_key(cfg.model, other) != evaluation_key(cfg.model, cfg.eval)

@@ -239,11 +239,15 @@ def _chunks(
         yield _records_to_batch(records[start:end], rows[start:end], file, raw[start:end])
 
 
-def _read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
+def _compression(path: str) -> str | None:
+    """pyarrow's codec name for a compressed file's extension (``gzip`` for ``.gz``), else None."""
     lowered = path.lower()
     extension = next((c for c in _COMPRESSED if lowered.endswith(c)), None)
-    compression = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", None: None}[extension]
-    with fs.open_input_stream(path, compression=compression) as stream:
+    return {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", None: None}[extension]
+
+
+def _read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
+    with fs.open_input_stream(path, compression=_compression(path)) as stream:
         return stream.read()
 
 
@@ -433,11 +437,7 @@ _SAMPLE_ROWS = 64
 
 def _read_head(fs: pafs.FileSystem, path: str, size: int) -> tuple[bytes, bool]:
     """The first ``size`` (decompressed) bytes of a file and whether that is all of it."""
-    lowered = path.lower()
-    compression = next((c.lstrip(".") for c in _COMPRESSED if lowered.endswith(c)), None)
-    if compression == "zst":
-        compression = "zstd"
-    with fs.open_input_stream(path, compression=compression) as stream:
+    with fs.open_input_stream(path, compression=_compression(path)) as stream:
         data = stream.read(size + 1)
     return data[:size], len(data) <= size
 
@@ -445,6 +445,10 @@ def _read_head(fs: pafs.FileSystem, path: str, size: int) -> tuple[bytes, bool]:
 def _sample_records(data: bytes, complete: bool, ext: str) -> list[dict[str, Any]]:
     """Up to ``_SAMPLE_ROWS`` whole records from the head of a text file (a cut-off last
     record is dropped)."""
+    try:
+        data = utf8_without_bom(data)
+    except UnicodeDecodeError:  # a UTF-16/32 head cut inside a character
+        data = utf8_without_bom(data[: len(data) - len(data) % 4])
     text = _decode(data)
     if ext in (".csv", ".tsv"):
         lines = text.splitlines(keepends=True)

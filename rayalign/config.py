@@ -17,9 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from rayalign.cache import cache_root
 from rayalign.errors import UserError
+from rayalign.losses.registry import HYPERPARAMETERS, LOSSES, get_loss
 from rayalign.textio import read_text
 
-LossName = Literal["dpo", "ipo", "safedpo", "bfpo"]
+#: A registered loss name (``rayalign.losses.registry.LOSSES``), checked by ``LossConfig``.
+LossName = str
 
 
 #: torch threads in a section's Ray processes; None = the CPUs Ray reserved for them. On a
@@ -113,22 +115,49 @@ class DataConfig(Section):
         return self
 
 
+def _hyperparameter(name: str) -> Any:
+    """A ``LossConfig`` field whose default and bounds come from the loss registry."""
+    hp = HYPERPARAMETERS[name]
+    return Field(hp.default, description=hp.doc, **hp.bounds())
+
+
 class LossConfig(Section):
+    """Which registered loss trains (``rayalign.losses.registry``) and its hyperparameters.
+
+    One field per registry hyperparameter; each loss reads the ones its entry names, the
+    others are ignored. Defaults and valid ranges live in the registry.
+    """
+
     name: LossName = "safedpo"
-    beta: float = Field(0.1, gt=0.0)
-    delta: float = Field(10.0, ge=0.0)
-    b1: float = 3.0
-    alpha: float = 0.5
+    beta: float = _hyperparameter("beta")
+    delta: float = _hyperparameter("delta")
+    b1: float = _hyperparameter("b1")
+    alpha: float = _hyperparameter("alpha")
+    gamma: float = _hyperparameter("gamma")
+    label_smoothing: float = _hyperparameter("label_smoothing")
     # Weight of an NLL term on the response the loss prefers, the safe one for safedpo/bfpo
     # (RPO-style; see rayalign.losses.anchor_nll); 0 = the paper's loss.
     sft_weight: float = Field(0.0, ge=0.0)
 
-    @field_validator("b1")
+    @field_validator("name")
     @classmethod
-    def _b1_not_one(cls, value: float) -> float:
-        if value == 1.0:
-            raise ValueError("b1 must differ from 1 (b3 = 1/(b1 - 1))")
+    def _registered(cls, value: str) -> str:
+        get_loss(value)  # ValueError naming the known losses
         return value
+
+    @field_validator(*HYPERPARAMETERS)
+    @classmethod
+    def _in_range(cls, value: float, info: Any) -> float:
+        return HYPERPARAMETERS[info.field_name].check(value)
+
+    def hyperparameters(self) -> dict[str, float]:
+        """Every registry hyperparameter's value, for ``preference_loss(..., **values)``."""
+        return {name: getattr(self, name) for name in HYPERPARAMETERS}
+
+    @property
+    def spec(self) -> Any:
+        """The registry entry of ``name`` (:class:`rayalign.losses.registry.LossSpec`)."""
+        return LOSSES[self.name]
 
 
 class TrackingConfig(Section):
@@ -302,6 +331,18 @@ class Config(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     job: JobConfig = Field(default_factory=JobConfig)
+
+    def applies_safedpo_transform(self) -> bool:
+        """Whether the data pipeline applies SafeDPO's transformation: ``data.safedpo_transform``
+        when set, else the loss's registry entry (true for ``safedpo``)."""
+        if self.data.safedpo_transform is not None:
+            return self.data.safedpo_transform
+        return self.loss.spec.safedpo_transform
+
+    def scores_reference(self) -> bool:
+        """Whether the data pipeline precomputes reference log-probs: ``data.precompute_ref_logps``
+        and a loss that uses a reference model (SimPO does not)."""
+        return self.data.precompute_ref_logps and self.loss.spec.needs_reference
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -24,6 +24,7 @@ from rayalign.archs import ModelDims, resolve_dims
 from rayalign.config import Config, LoraConfig, ModelConfig
 from rayalign.errors import UserError
 from rayalign.jobspec import job_command, plan_launch
+from rayalign.losses.registry import LOSSES
 from rayalign.rowcounts import count_rows
 
 GB = 1024**3
@@ -133,11 +134,12 @@ def training_memory(dims: ModelDims, cfg: Config) -> MemoryEstimate:
     if train.offload_params and train.zero_stage == 3:
         offloaded += weights
         weights = 0
-    # A second frozen model only when reference log-probs are computed on the fly and
-    # LoRA cannot stand in for it (adapter-disabled base = reference).
+    # A second frozen model only when the loss uses a reference, its log-probs are computed
+    # on the fly and LoRA cannot stand in for it (adapter-disabled base = reference). The
+    # loop loads a full copy per worker (train.loop.ReferenceLogps), under any ZeRO stage.
     reference = 0
-    if not cfg.data.precompute_ref_logps and cfg.model.lora is None:
-        reference = total * prec.weight // (world if train.zero_stage >= 3 else 1)
+    if cfg.loss.spec.needs_reference and not cfg.data.precompute_ref_logps and cfg.model.lora is None:
+        reference = total * prec.weight
     activations = activation_bytes(
         dims,
         seq_len=cfg.data.max_length,
@@ -317,8 +319,9 @@ def check_plan(cfg: Config, plan: Plan) -> list[str]:
                     f"{field_name} {value!r} is relative: a submitted job resolves it inside its "
                     "temporary working_dir copy on the head; use shared storage for cluster runs"
                 )
-    if cfg.data.helpfulness_sources and cfg.loss.name != "bfpo":
-        notes.append("data.helpfulness_sources is only used by the bfpo loss (buffered mode)")
+    if cfg.data.helpfulness_sources and not cfg.loss.spec.uses_helpfulness_stream:
+        users = ", ".join(n for n, spec in LOSSES.items() if spec.uses_helpfulness_stream)
+        notes.append(f"data.helpfulness_sources is only used by the {users} loss (buffered mode)")
     if plan.steps_per_epoch == 0:
         notes.append("fewer pairs than one global batch: no optimizer step would run")
     if plan.command == "sweep":
@@ -434,9 +437,7 @@ def format_plan(plan: Plan, cfg: Config) -> str:
                 f"{cfg.data.eval_fraction:.0%} held out, full batches only), "
                 f"{plan.total_steps:,} steps in all"
             )
-            if cfg.data.safedpo_transform or (
-                cfg.data.safedpo_transform is None and cfg.loss.name == "safedpo"
-            ):
+            if cfg.applies_safedpo_transform():
                 lines.append("                (an upper bound: the SafeDPO transform drops unsafe/unsafe pairs)")
         else:
             lines.append(f"steps/epoch:    unknown: {plan.rows_source}; pass --rows N")

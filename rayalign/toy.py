@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from rayalign.data.safety import safedpo_transform
-from rayalign.losses import preference_loss
+from rayalign.losses import HYPERPARAMETERS, get_loss, preference_loss
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,10 @@ class ToySettings:
     lr: float = 0.01
     batch_size: int = 32
     record_every: int = 10
-    delta: float = 10.0
-    b1: float = 3.0
-    alpha: float = 0.5
+    # the loss registry's defaults (the same as LossConfig's)
+    delta: float = HYPERPARAMETERS["delta"].default
+    b1: float = HYPERPARAMETERS["b1"].default
+    alpha: float = HYPERPARAMETERS["alpha"].default
 
 
 @dataclass
@@ -98,7 +99,7 @@ def preference_pairs(method: str) -> dict[str, np.ndarray]:
         "chosen_safe": np.array([ACTIONS[i].safe for i in chosen]),
         "rejected_safe": np.array([ACTIONS[i].safe for i in rejected]),
     }
-    if method == "safedpo":
+    if get_loss(method).safedpo_transform:
         batch, _ = safedpo_transform(batch)
     return batch
 

@@ -112,6 +112,15 @@ def test_fp32_on_cpu_and_reference_model_when_not_precomputed(tmp_path: Path) ->
     assert mem.reference == 4 * MISTRAL.num_parameters()
 
 
+def test_reference_memory_is_what_the_loop_loads(tmp_path: Path) -> None:
+    text = "model: {name_or_path: x}\ndata: {precompute_ref_logps: false}\ntrain: {num_workers: 4}\n"
+    # the loop loads a full frozen copy per worker, also under ZeRO-3 (it is not sharded)
+    zero3 = training_memory(MISTRAL, cfg_with(tmp_path, text, ["train.zero_stage=3"]))
+    assert zero3.reference == 4 * MISTRAL.num_parameters()
+    # a reference-free loss (SimPO) loads none
+    assert training_memory(MISTRAL, cfg_with(tmp_path, text, ["loss.name=simpo"])).reference == 0
+
+
 def test_gradient_checkpointing_cuts_activations_by_most_of_the_layers() -> None:
     full = activation_bytes(MISTRAL, 1024, 8, checkpointing=False, bytes_per=2)
     ckpt = activation_bytes(MISTRAL, 1024, 8, checkpointing=True, bytes_per=2)

@@ -329,11 +329,8 @@ def _sources(cfg: Config) -> list[_Source]:
 
 
 def use_safedpo(cfg: Config) -> bool:
-    return (
-        cfg.data.safedpo_transform
-        if cfg.data.safedpo_transform is not None
-        else cfg.loss.name == "safedpo"
-    )
+    """Whether SafeDPO's transformation runs (:meth:`Config.applies_safedpo_transform`)."""
+    return cfg.applies_safedpo_transform()
 
 
 def cache_key(
@@ -540,15 +537,16 @@ def prepare_datasets(
 ) -> PreparedData:
     """Read, validate, transform, tokenize (and reference-score) the configured data.
 
-    Reference log-probs are computed when ``cfg.data.precompute_ref_logps`` is true, with
-    ``ref_model_cfg`` (default: ``cfg.model``). With ``output_dir``, the rejects Parquet
+    Reference log-probs are computed when ``cfg.data.precompute_ref_logps`` is true and the
+    loss uses a reference (:meth:`Config.scores_reference`), with ``ref_model_cfg``
+    (default: ``cfg.model``). With ``output_dir``, the rejects Parquet
     and a summary JSON are also written there. Raises :class:`UserError` when more than
     ``cfg.data.max_invalid_fraction`` of the rows are invalid.
     """
     started = time.perf_counter()
     init_ray()
     sources = _sources(cfg)
-    scoring = cfg.data.precompute_ref_logps
+    scoring = cfg.scores_reference()
     ref_cfg = (ref_model_cfg or cfg.model) if scoring else None
     key = cache_key(cfg, sources, tokenizer, ref_cfg)
     root = Path(cfg.data.cache_dir).expanduser() / "prepared"

@@ -69,14 +69,22 @@ class SequenceLogpsModel(nn.Module):
 
 class ReferenceLogps:
     """Reference log-probs when the data carries none: the LoRA base with the adapter
-    disabled (no second model in memory), else a frozen copy loaded on first use."""
+    disabled (no second model in memory), else a frozen copy loaded on first use.
+
+    A reference-free loss (its registry entry's ``needs_reference`` is false) gets
+    zeros and no reference model is ever loaded or run.
+    """
 
     def __init__(self, cfg: Config, policy: nn.Module, device: torch.device) -> None:
         self.cfg, self.policy, self.device = cfg, policy, device
+        self.needed = cfg.loss.spec.needs_reference
         self.frozen: nn.Module | None = None
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.needed:
+            zeros = torch.zeros(len(batch["ids"]), device=self.device)
+            return zeros, zeros
         if "ref_chosen_logps" in batch:
             return batch["ref_chosen_logps"], batch["ref_rejected_logps"]
         if self.cfg.model.lora is not None:
@@ -139,12 +147,13 @@ def _pair_losses(cfg: Config, engine: Any, reference: ReferenceLogps, batch: dic
     policy_chosen, policy_rejected = policy_logps[:half], policy_logps[half:]
     ref_chosen, ref_rejected = reference(batch)
     safety = (batch["chosen_safe"], batch["rejected_safe"])
+    counts = batch["label_counts"]  # response tokens per row: chosen rows, then rejected
     losses = preference_loss(
         cfg.loss.name, policy_chosen, policy_rejected, ref_chosen, ref_rejected, *safety,
-        beta=cfg.loss.beta, delta=cfg.loss.delta, b1=cfg.loss.b1, alpha=cfg.loss.alpha,
+        chosen_token_counts=counts[:half], rejected_token_counts=counts[half:],
+        **cfg.loss.hyperparameters(),
     )
     if cfg.loss.sft_weight:
-        counts = batch["label_counts"]
         anchor = anchor_nll(
             cfg.loss.name, policy_chosen, policy_rejected, counts[:half], counts[half:], *safety
         )

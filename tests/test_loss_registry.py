@@ -158,3 +158,12 @@ def test_training_step_passes_token_counts_and_skips_the_reference_for_simpo():
     out = _pair_losses(cfg, lambda b: torch.tensor([-6.0, -8.0]), reference, batch)
     assert out[0].item() == pytest.approx(softplus(-3.0))
     assert out[3].tolist() == [0.0] and out[4].tolist() == [0.0]  # zero reference: rewards β·log π
+
+
+def test_docs_table_is_the_registry():
+    from pathlib import Path
+
+    from rayalign.losses.registry import markdown_tables
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "losses.md").read_text()
+    assert markdown_tables() in docs, "regenerate docs/losses.md's tables (see the page)"

@@ -211,3 +211,22 @@ for _spec in (
 
 #: Registered loss names (a snapshot at import; :data:`LOSSES` is the live registry).
 LOSS_NAMES = tuple(LOSSES)
+
+
+def markdown_tables() -> str:
+    """The registry as the two Markdown tables of docs/losses.md (a test keeps them equal)."""
+    yes = {True: "yes", False: "no"}
+    lines = [
+        "| loss | hyperparameters | reference | safety labels | token counts | NLL anchor | paper |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for spec in LOSSES.values():
+        lines.append(
+            f"| `{spec.name}` | {', '.join(f'`{h}`' for h in spec.hyperparameters)} "
+            f"| {yes[spec.needs_reference]} | {yes[spec.needs_safety_labels]} "
+            f"| {yes[spec.needs_token_counts]} | {spec.anchor} | {spec.paper} |"
+        )
+    lines += ["", "| hyperparameter | default | valid | typical | meaning |", "|---|---|---|---|---|"]
+    for hp in HYPERPARAMETERS.values():
+        lines.append(f"| `{hp.name}` | {hp.default:g} | {hp.range_text()} | {hp.typical} | {hp.doc} |")
+    return "\n".join(lines)

@@ -298,6 +298,19 @@ class SweepConfig(Section):
     name: str = "rayalign-sweep"
 
 
+class StageConfig(Section):
+    """One stage of a multi-stage training job (``job.stages``, read by ``rayalign train``).
+
+    ``overrides`` is a nested mapping merged over the spec (mappings merge key by key, any
+    other value replaces), e.g. ``{loss: {beta: 0.05}, data: {sources: [...]}}``. The stage
+    trains as ``train.name``-``name``; every stage after the first starts from the model
+    the stage before exported (``rayalign.stages``).
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
 class JobConfig(Section):
     """How a spec runs as a Ray job (``rayalign submit``/``plan``); ignored by local runs."""
 
@@ -319,6 +332,17 @@ class JobConfig(Section):
     gpu_memory_gb: float = Field(80.0, gt=0.0)
     # GPUs the job needs that its train/sweep sections do not imply (eval/serve replicas).
     num_gpus: int | None = Field(None, ge=0)
+    # Training in stages, each from the previous stage's exported model (e.g. SACPO:
+    # helpfulness first, then safety). Empty = one stage, the spec itself.
+    stages: list[StageConfig] = Field(default_factory=list)
+
+    @field_validator("stages")
+    @classmethod
+    def _unique_stage_names(cls, stages: list[StageConfig]) -> list[StageConfig]:
+        names = [stage.name for stage in stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must differ: {names}")
+        return stages
 
 
 class Config(Section):
@@ -359,6 +383,11 @@ class Config(Section):
         tmp.write_text(self.to_yaml())
         tmp.replace(path)
         return path
+
+
+def output_dir_for(cfg: Config) -> Path:
+    """Where a training run writes: ``train.output_dir/train.name`` (absolute)."""
+    return Path(cfg.train.output_dir).expanduser().resolve() / cfg.train.name
 
 
 class ConfigError(UserError, ValueError):

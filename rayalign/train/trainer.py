@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rayalign.config import Config, TrainConfig
+from rayalign.config import Config, TrainConfig, output_dir_for
 from rayalign.errors import UserError
 from rayalign.ray_session import thread_env
 from rayalign.train.checkpoint import METRICS_FILE, STATE_FILE
@@ -33,11 +33,6 @@ class TrainResult:
     model_dir: Path | None
     adapter_dir: Path | None
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def output_dir_for(cfg: Config) -> Path:
-    """Where a run writes: ``train.output_dir/train.name``."""
-    return Path(cfg.train.output_dir).expanduser().resolve() / cfg.train.name
 
 
 def checkpoints_from_other_settings(cfg: Config) -> tuple[Path, list[str]] | None:

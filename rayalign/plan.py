@@ -22,6 +22,7 @@ from pathlib import Path
 
 from rayalign.archs import ModelDims, resolve_dims
 from rayalign.config import Config, LoraConfig, ModelConfig
+from rayalign.data.mixing import steps_per_epoch, total_steps
 from rayalign.errors import UserError
 from rayalign.jobspec import job_command, plan_launch
 from rayalign.losses.registry import LOSSES
@@ -193,17 +194,18 @@ def sweep_trials(cfg: Config) -> int | None:
     return points * cfg.sweep.num_samples
 
 
-def steps_per_epoch(train_rows: int, cfg: Config, helpfulness_rows: int | None = None) -> int:
-    """Optimizer steps per epoch, counted as rayalign.train.trainer does.
+def expected_row_counts(train_rows: int, cfg: Config, helpfulness_rows: int | None = None) -> dict[str, int]:
+    """The prepared splits training reads, estimated from the sources' rows.
 
-    Each stream (after the eval split) is divided equally over the workers and only
-    full batches run; BFPO buffered mode reads both streams in lock-step, so the
-    shorter one decides.
+    The pipeline holds ``data.eval_fraction`` of the safety stream out (by id hash, so
+    the exact count is known only after preparing) and never splits the helpfulness
+    stream. Feed the result to :func:`rayalign.data.mixing.steps_per_epoch`, the rule the
+    trainer applies to the real counts.
     """
-    streams = [train_rows] + ([helpfulness_rows] if helpfulness_rows is not None else [])
-    kept = min(math.floor(rows * (1.0 - cfg.data.eval_fraction)) for rows in streams)
-    t = cfg.train
-    return kept // t.num_workers // t.batch_size // t.gradient_accumulation_steps
+    counts = {"train": math.floor(train_rows * (1.0 - cfg.data.eval_fraction))}
+    if helpfulness_rows is not None:
+        counts["helpfulness"] = helpfulness_rows
+    return counts
 
 
 @dataclass
@@ -275,10 +277,8 @@ def build_plan(
     plan.rows, plan.rows_source = rows
     plan.helpfulness_rows = helpfulness_rows
     if plan.rows is not None:
-        plan.steps_per_epoch = steps_per_epoch(plan.rows, cfg, helpfulness_rows)
-        plan.total_steps = plan.steps_per_epoch * cfg.train.epochs
-        if cfg.train.max_steps is not None:
-            plan.total_steps = min(plan.total_steps, cfg.train.max_steps)
+        plan.steps_per_epoch = steps_per_epoch(expected_row_counts(plan.rows, cfg, helpfulness_rows), cfg.train)
+        plan.total_steps = total_steps(plan.steps_per_epoch, cfg.train)
     plan.warnings = check_plan(cfg, plan)
     return plan
 
@@ -430,7 +430,7 @@ def format_plan(plan: Plan, cfg: Config) -> str:
         if plan.rows is not None:
             lines.append(f"pairs:          {plan.rows:,} ({plan.rows_source})")
             if plan.helpfulness_rows is not None:
-                lines.append(f"helpfulness:    {plan.helpfulness_rows:,} pairs (buffered BFPO stream)")
+                lines.append(f"helpfulness:    {plan.helpfulness_rows:,} pairs (buffered BFPO stream; the shorter stream is cycled)")
             gb = cfg.train.batch_size * cfg.train.num_workers * cfg.train.gradient_accumulation_steps
             lines.append(
                 f"steps/epoch:    {plan.steps_per_epoch:,} (global batch {gb} pairs, "

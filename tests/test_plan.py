@@ -10,6 +10,7 @@ import pytest
 
 from rayalign.archs import ModelDims, resolve_dims
 from rayalign.config import DataSource, load_config
+from rayalign.data.mixing import steps_per_epoch
 from rayalign.demo_data import load_demo_pairs
 from rayalign.errors import UserError
 from rayalign.jobspec import build_entrypoint, build_runtime_env, job_command, plan_launch
@@ -17,7 +18,7 @@ from rayalign.plan import (
     GB,
     activation_bytes,
     build_plan,
-    steps_per_epoch,
+    expected_row_counts,
     total_rows,
     train_request,
     trainable_parameters,
@@ -134,9 +135,34 @@ def test_gradient_checkpointing_cuts_activations_by_most_of_the_layers() -> None
 def test_steps_per_epoch_match_the_trainer_rule(tmp_path: Path) -> None:
     text = "data: {eval_fraction: 0.0}\ntrain: {num_workers: 4, batch_size: 2, gradient_accumulation_steps: 3}\n"
     cfg = cfg_with(tmp_path, text)
-    assert steps_per_epoch(1000, cfg) == 1000 // 4 // 2 // 3
-    # BFPO buffered: the shorter stream decides
-    assert steps_per_epoch(1000, cfg, helpfulness_rows=240) == 240 // 4 // 2 // 3
+    assert steps_per_epoch(expected_row_counts(1000, cfg), cfg.train) == 1000 // 4 // 2 // 3
+    # BFPO buffered: the shorter stream is cycled, the longer one decides
+    assert steps_per_epoch(expected_row_counts(240, cfg, helpfulness_rows=1000), cfg.train) == 1000 // 4 // 2 // 3
+    # the eval split is held out of the safety stream only
+    held = cfg_with(tmp_path, "data: {eval_fraction: 0.1}\n")
+    assert expected_row_counts(1000, held, helpfulness_rows=500) == {"train": 900, "helpfulness": 500}
+
+
+@pytest.mark.parametrize(
+    ("loss", "helpfulness", "overrides"),
+    [("dpo", None, []), ("safedpo", None, ["train.max_steps=500"]), ("bfpo", 3000, ["train.epochs=2"]),
+     ("bfpo", 300, ["train.max_tokens_per_batch=4096"])],
+)
+def test_plan_and_trainer_size_a_run_alike(tmp_path: Path, loss, helpfulness, overrides) -> None:
+    """Plan and trainer call one function; given the pipeline's split counts they agree."""
+    import rayalign.train.trainer as trainer
+
+    text = (f"loss: {{name: {loss}}}\ndata: {{eval_fraction: 0.0}}\n"
+            "train: {num_workers: 2, batch_size: 4, gradient_accumulation_steps: 2}\n")
+    cfg = cfg_with(tmp_path, text, overrides)
+    plan = build_plan(cfg, "train", None, rows=(1000, "given"), helpfulness_rows=helpfulness)
+    split_counts = {"train": 1000} | ({"helpfulness": helpfulness} if helpfulness else {})
+    assert trainer.steps_per_epoch is steps_per_epoch  # the trainer's own rule
+    assert plan.steps_per_epoch == trainer.steps_per_epoch(split_counts, cfg.train)
+    assert plan.total_steps == (cfg.train.max_steps or cfg.train.epochs * plan.steps_per_epoch)
+    assert plan.steps_per_epoch == max(split_counts.values()) // 2 // 4 // 2
+    if cfg.train.max_steps:  # max_steps overrides epochs, as in the loop (it is not a cap)
+        assert plan.total_steps == 500 > plan.steps_per_epoch
 
 
 def test_gpu_and_node_counts_follow_placement(tmp_path: Path) -> None:

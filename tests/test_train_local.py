@@ -5,31 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from train_support import separable_pairs
+from train_support import ListShard, separable_pairs
 
 from rayalign.config import Config
 from rayalign.models import load_tokenizer
 from rayalign.train.loop import NonFiniteLossError, train
 from rayalign.train.runtime import LocalRuntime, init_local_process_group
-
-
-class ListShard:
-    """Ray Data's ``iter_batches`` shape over a list of rows."""
-
-    def __init__(self, rows):
-        self.rows = rows
-
-    def iter_batches(self, *, batch_size, batch_format="numpy", prefetch_batches=0):
-        import numpy as np
-
-        for i in range(0, len(self.rows), batch_size):
-            chunk = self.rows[i : i + batch_size]
-            out = {}
-            for key in chunk[0]:
-                col = np.empty(len(chunk), dtype=object)
-                col[:] = [r[key] for r in chunk]
-                out[key] = col
-            yield out
 
 
 def _cfg(model_dir, on_nonfinite: str) -> Config:

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 
 from rayalign.config import Config
+from rayalign.data.mixing import EmptyStreamError, zip_cycling
+from rayalign.data.mixing import total_steps as schedule_total_steps
 from rayalign.errors import UserError
 from rayalign.logprobs import batch_logps
 from rayalign.losses import anchor_nll, preference_loss, preference_metric_sums
@@ -111,7 +113,8 @@ def epoch_batches(
     gradient_accumulation_steps`` pairs cut into chunks of at most that many tokens.
 
     BFPO buffered mode: the safety and the helpfulness stream are read in lock-step and
-    each micro-batch holds ``batch_size`` pairs of each; the epoch ends with the shorter.
+    each micro-batch holds ``batch_size`` pairs of each; the shorter stream is cycled and
+    the epoch ends with the longer (:func:`rayalign.data.mixing.zip_cycling`).
     """
     t = cfg.train
 
@@ -131,13 +134,18 @@ def epoch_batches(
         return [collate(part) for part in split_by_tokens(rows, t.max_tokens_per_batch, packed=t.packing)]
 
     size = t.batch_size * (t.gradient_accumulation_steps if t.max_tokens_per_batch else 1)
-    safety = stream("train")
     if runtime.shard("helpfulness") is None:
-        for rows in safety:
+        for rows in stream("train"):
             yield chunked(rows)
     else:
-        for rows, helpful in zip(safety, stream("helpfulness"), strict=False):
-            yield chunked(rows + helpful)
+        try:
+            for rows, helpful in zip_cycling(lambda: stream("train"), lambda: stream("helpfulness")):
+                yield chunked(rows + helpful)
+        except EmptyStreamError:
+            raise UserError(
+                f"epoch {epoch}: the safety or the helpfulness stream gave worker {runtime.rank} "
+                f"not one full batch of {size} pairs; add data or lower train.batch_size"
+            ) from None
 
 
 def _pair_losses(cfg: Config, engine: Any, reference: ReferenceLogps, batch: dict[str, Any]):
@@ -232,7 +240,7 @@ def train(
 
     device = torch.device(f"cuda:{torch.cuda.current_device()}" if on_gpu else "cpu")
     torch.manual_seed(t.seed)  # same LoRA init on every rank
-    total_steps = t.max_steps or t.epochs * steps_per_epoch
+    total_steps = schedule_total_steps(steps_per_epoch, t)
     if steps_per_epoch <= 0 or total_steps <= 0:
         raise UserError(
             f"no training steps: {steps_per_epoch} steps per epoch (too few pairs per worker "

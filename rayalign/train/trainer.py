@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rayalign.config import Config, TrainConfig, output_dir_for
+from rayalign.config import Config, output_dir_for
+from rayalign.data.mixing import steps_per_epoch, total_steps
 from rayalign.errors import UserError
 from rayalign.ray_session import thread_env
 from rayalign.train.checkpoint import METRICS_FILE, STATE_FILE
@@ -87,15 +88,6 @@ def check_resumable(cfg: Config) -> None:
             f"repeat pairs. Resume with train.num_workers={written}, or start over with a new "
             "train.name"
         )
-
-
-def steps_per_epoch(row_counts: dict[str, int], train: TrainConfig) -> int:
-    """Optimizer steps per epoch when each stream is split equally over the workers.
-
-    BFPO buffered mode reads both streams in lock-step, so the shorter one decides.
-    """
-    rows_per_worker = min(row_counts.values()) // train.num_workers
-    return rows_per_worker // train.batch_size // train.gradient_accumulation_steps
 
 
 def build_trainer(
@@ -222,7 +214,7 @@ def run_training(
             f"batch_size={cfg.train.batch_size} x "
             f"gradient_accumulation_steps={cfg.train.gradient_accumulation_steps}"
         )
-    total = cfg.train.max_steps or cfg.train.epochs * steps
+    total = total_steps(steps, cfg.train)
     if verbose:
         logger.info(
             "training %s with %s on %s pairs: %d steps x %d worker(s), ZeRO-%d",

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rayalign.atomic import write_text
 from rayalign.cache import cache_root
 from rayalign.errors import UserError
 from rayalign.losses.registry import HYPERPARAMETERS, LOSSES, get_loss
@@ -377,12 +378,7 @@ class Config(Section):
 
     def save(self, path: str | Path) -> Path:
         """Write the resolved config (the run's reproducible record) atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.to_yaml())
-        tmp.replace(path)
-        return path
+        return write_text(path, self.to_yaml())
 
 
 def output_dir_for(cfg: Config) -> Path:

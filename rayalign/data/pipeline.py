@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from rayalign.atomic import write_json
 from rayalign.config import Config, DataSource, ModelConfig
 from rayalign.data.formats import AdapterOptions, resolve_format
 from rayalign.data.readers import (
@@ -512,10 +513,7 @@ def _duplicate_keys_distributed(staged: Any, roles: dict[int, str]) -> frozenset
 
 
 def _write_json(data: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    tmp.replace(path)
+    write_json(path, data, sort_keys=True)
 
 
 def _open_split(folder: Path, split: str, rows: int) -> Any | None:

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-Tensor = torch.Tensor
+from rayalign.data.schema import IGNORE_INDEX as IGNORE_INDEX  # re-exported
 
-IGNORE_INDEX = -100
+Tensor = torch.Tensor
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -178,17 +178,6 @@ def sequence_logps_reference(
     targets, mask = _shifted(labels)
     token_logps = _token_logps(logits[:, :-1], targets.clamp(min=0))
     return (token_logps * mask).sum(-1)
-
-
-def concatenated_logps(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
-    """One forward over chosen and rejected stacked ``[2B, T]`` (chosen rows first).
-
-    ``batch`` is what :func:`rayalign.train.collate.collate_pairs` returns: ``input_ids``,
-    ``attention_mask`` and ``labels`` of the concatenated rows.
-    """
-    logps = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-    half = logps.shape[0] // 2
-    return logps[:half], logps[half:]
 
 
 # --------------------------------------------------------------------------- packed layout

@@ -13,7 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from rayalign.config import TrainConfig
 from rayalign.errors import UserError
-from rayalign.logprobs import concatenated_logps, sequence_logps, sequence_logps_reference
+from rayalign.logprobs import batch_logps, sequence_logps, sequence_logps_reference
 from rayalign.train.collate import (
     collate_pairs,
     group_by_length,
@@ -77,16 +77,14 @@ def test_sequence_logps_by_hand(model):
     assert got.item() == pytest.approx(float(expected), abs=1e-4)
 
 
-def test_prompt_only_rows_score_zero_and_concatenated_split(model):
+def test_prompt_only_rows_score_zero_and_padded_batches_score_per_row(model):
     ids, mask, labels = _batch()
     labels[1] = -100
     with torch.no_grad():
         logps = sequence_logps(model, ids, mask, labels)
-        chosen, rejected = concatenated_logps(
-            model, {"input_ids": ids, "attention_mask": mask, "labels": labels}
-        )
+        both = batch_logps(model, {"input_ids": ids, "attention_mask": mask, "labels": labels})
     assert logps[1].item() == 0.0
-    torch.testing.assert_close(torch.cat([chosen, rejected]), logps)
+    torch.testing.assert_close(both, logps)
 
 
 def _row(i: int, prompt: int, chosen: int, rejected: int, **extra):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from rayalign.config import Config, EvalConfig, ModelConfig, config_from_mapping
+
+logger = logging.getLogger("rayalign.demo")
 
 #: What the demo evaluates before and after training: its held-out prompts, all of XSTest
 #: and a fixed seeded subset of AdvBench (both bundled with rayalign).
@@ -134,7 +137,8 @@ def targets_met(before: dict[str, Any], after: dict[str, Any]) -> dict[str, bool
 
 
 def _say(message: str) -> None:
-    print(f"[rayalign demo] {message}", flush=True)
+    """A demo progress line (the ``rayalign.demo`` logger; the CLI shows it)."""
+    logger.info(message)
 
 
 def _start_over_if_settings_changed(cfg: Config) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import time
 import uuid
@@ -62,6 +63,8 @@ from rayalign.data.validate import (
 )
 from rayalign.errors import UserError
 from rayalign.ray_session import init_ray, thread_env
+
+logger = logging.getLogger("rayalign.data")
 
 PIPELINE_VERSION = "3"  # 2: multi-turn prompts, plain-text special tokens, identical_after_truncation; 3: rejects.parquet is a folder of Parquet parts
 SPLIT_COL = "split"
@@ -276,13 +279,15 @@ class RefScorer:
                  row_tokens: int | None = None) -> None:
         import torch
 
+        from rayalign.console import worker_logging
         from rayalign.models import load_model
         from rayalign.train.collate import make_collate
 
+        worker_logging()
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.model = load_model(ModelConfig.model_validate(model_cfg), device=self.device).eval()
         self.collate = make_collate(self.model, 0, packing=packing, row_tokens=row_tokens,
-                                    notice=lambda line: print(f"[rayalign] {line}", flush=True))
+                                    notice=logger.info)
 
     def __call__(self, table: pa.Table) -> pa.Table:
         import torch

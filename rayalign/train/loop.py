@@ -9,10 +9,10 @@ model, data, DeepSpeed, checkpoints and metrics together.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -45,6 +45,8 @@ from rayalign.train.collate import (
 )
 from rayalign.train.metrics import add_metric_sums, reduce_metric_sums
 from rayalign.train.runtime import RayTrainRuntime, Runtime, fresh_checkpoint_dir
+
+logger = logging.getLogger("rayalign.train.loop")
 
 #: Batches buffered and sorted together by length grouping.
 LENGTH_GROUP_WINDOW = 16
@@ -204,12 +206,9 @@ def _gather_ids(ids: list[str]) -> list[str]:
 
 
 def _say(message: str) -> None:
-    """Progress line to the process's real stdout.
-
-    Ray Train 2.60 patches ``print`` on workers to both log and tee to the (wrapped)
-    ``sys.stdout``, so a plain print shows up twice in the driver's console.
-    """
-    print(f"[rayalign] {message}", file=sys.__stdout__, flush=True)
+    """A progress line (``rayalign.train.loop`` logger; in Ray workers see
+    :func:`rayalign.console.worker_logging`)."""
+    logger.info(message)
 
 
 def train(
@@ -440,6 +439,9 @@ def train(
 
 def train_loop_per_worker(payload: dict[str, Any]) -> None:
     """Ray Train entry point: rebuild the config and run :func:`train` in this worker."""
+    from rayalign.console import worker_logging
+
+    worker_logging()
     cfg = Config.model_validate(payload["config"])
     train(
         cfg,

@@ -46,6 +46,7 @@ from rayalign.train.collate import (
 from rayalign.train.metrics import add_metric_sums, reduce_metric_sums
 from rayalign.train.runtime import RayTrainRuntime, Runtime, fresh_checkpoint_dir
 
+#: Progress lines; in Ray Train workers :func:`rayalign.console.worker_logging` prints them.
 logger = logging.getLogger("rayalign.train.loop")
 
 #: Batches buffered and sorted together by length grouping.
@@ -205,12 +206,6 @@ def _gather_ids(ids: list[str]) -> list[str]:
     return [i for part in gathered for i in part]
 
 
-def _say(message: str) -> None:
-    """A progress line (``rayalign.train.loop`` logger; in Ray workers see
-    :func:`rayalign.console.worker_logging`)."""
-    logger.info(message)
-
-
 def train(
     cfg: Config,
     runtime: Runtime,
@@ -264,7 +259,7 @@ def train(
     reference = ReferenceLogps(cfg, model, device)
     collate = make_collate(
         model, tokenizer.pad_token_id, packing=t.packing, row_tokens=t.pack_row_tokens,
-        notice=_say if rank == 0 else None,
+        notice=logger.info if rank == 0 else None,
     )
 
     # --- 2. DeepSpeed engine: ZeRO stage, offload, accumulation, clipping, LR schedule
@@ -287,7 +282,7 @@ def train(
             state = load_worker_state(checkpoint, rank)
             state.resumed_from.append(state.step)
             if rank == 0:
-                _say(f"resumed from checkpoint at step {state.step}")
+                logger.info(f"resumed from checkpoint at step {state.step}")
             if metrics_log is not None:
                 metrics_log.parent.mkdir(parents=True, exist_ok=True)
                 saved = checkpoint / METRICS_FILE
@@ -356,7 +351,7 @@ def train(
                             "train.learning_rate, check the data, or set train.on_nonfinite=skip"
                         )
                     state.skipped_nonfinite += 1
-                    _say(f"skipping micro-batch with non-finite loss at {where}")
+                    logger.info(f"skipping micro-batch with non-finite loss at {where}")
                     if by_tokens:  # keep the backward count: this chunk adds nothing
                         engine.backward(_zero_loss(model), scale_wrt_gas=False)
                     continue
@@ -415,7 +410,7 @@ def train(
             elif state.step % t.log_every == 0:
                 runtime.report({k: v for k, v in last.items() if k != "pair_ids"})
             if rank == 0 and (state.step % t.log_every == 0 or final):
-                _say(
+                logger.info(
                     f"step {state.step}/{total_steps} loss {last['loss']:.4f} "
                     f"acc {last['rewards/accuracy']:.2f} margin {last['rewards/margins']:.3f} "
                     f"lr {lr:.2e} {last['tokens_per_s']:.0f} tok/s"

@@ -14,6 +14,10 @@ from pathlib import Path
 
 from rayalign.errors import UserError
 
+#: Scored tokens whose vocabulary logits exist at once when rayalign computes response
+#: log-probs with a plain output head (``rayalign.logprobs``); ``plan`` sizes memory with it.
+HEAD_CHUNK_TOKENS = 512
+
 
 @dataclass(frozen=True)
 class ModelDims:

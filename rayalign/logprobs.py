@@ -27,6 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# HEAD_CHUNK_TOKENS: scored tokens whose logits exist at once in head_token_logps (a
+# memory bound; defined torch-free so that `rayalign plan` sizes memory with it).
+from rayalign.archs import HEAD_CHUNK_TOKENS
 from rayalign.data.schema import IGNORE_INDEX as IGNORE_INDEX  # re-exported
 
 Tensor = torch.Tensor
@@ -79,8 +82,6 @@ def _token_logps(logits: Tensor, targets: Tensor) -> Tensor:
     return picked - torch.logsumexp(logits, dim=-1)
 
 
-#: Scored tokens whose logits exist at once in :func:`head_token_logps` (memory bound).
-HEAD_CHUNK_TOKENS = 512
 
 
 class _ChunkedHeadLogps(torch.autograd.Function):

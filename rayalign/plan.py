@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rayalign.archs import ModelDims, resolve_dims
+from rayalign.archs import HEAD_CHUNK_TOKENS, ModelDims, resolve_dims
 from rayalign.config import Config, LoraConfig, ModelConfig
 from rayalign.data.mixing import steps_per_epoch, total_steps
 from rayalign.errors import UserError
@@ -75,9 +75,16 @@ def trainable_parameters(dims: ModelDims, model: ModelConfig) -> int:
 
 
 def activation_bytes(
-    dims: ModelDims, seq_len: int, sequences: int, checkpointing: bool, bytes_per: int
+    dims: ModelDims, seq_len: int, sequences: int, checkpointing: bool, bytes_per: int,
+    chunked_head: bool = False,
 ) -> int:
-    """Saved activations of one micro-batch: decoder layers plus the logits."""
+    """Saved activations of one micro-batch: decoder layers plus the logits.
+
+    Logits exist only for positions that predict a response token (at most every token:
+    the bound used here). With ``chunked_head`` (a plain output head, as
+    ``rayalign.logprobs.head_token_logps`` computes it) only :data:`HEAD_CHUNK_TOKENS`
+    positions' logits exist at once, in forward and in the recomputing backward.
+    """
     tokens = seq_len * sequences
     h, kv, i = dims.hidden_size, dims.kv_dim, dims.intermediate_size
     # Per token and layer: norm inputs/outputs, q, attention output, o_proj input (7 of h),
@@ -87,8 +94,9 @@ def activation_bytes(
         layers = dims.num_layers * tokens * h * bytes_per + full_layer
     else:
         layers = dims.num_layers * full_layer
-    # Logits in the compute dtype plus their fp32 log-softmax for the sequence log-probs.
-    logits = tokens * dims.vocab_size * (bytes_per + 4)
+    # Logits in the compute dtype plus their fp32 copy for the log-softmax.
+    logit_tokens = min(tokens, HEAD_CHUNK_TOKENS) if chunked_head else tokens
+    logits = logit_tokens * dims.vocab_size * (bytes_per + 4)
     return layers + logits
 
 
@@ -109,6 +117,13 @@ class MemoryEstimate:
     @property
     def total(self) -> int:
         return self.weights + self.gradients + self.optimizer + self.reference + self.activations
+
+
+def chunked_head(cfg: Config) -> bool:
+    """Whether the loop computes response log-probs chunk by chunk (``logprobs``): a plain
+    output head, i.e. not partitioned by ZeRO-3 and not wrapped by LoRA."""
+    lora_on_head = cfg.model.lora is not None and "lm_head" in cfg.model.lora.target_modules
+    return cfg.train.zero_stage != 3 and not lora_on_head
 
 
 def training_memory(dims: ModelDims, cfg: Config) -> MemoryEstimate:
@@ -147,6 +162,7 @@ def training_memory(dims: ModelDims, cfg: Config) -> MemoryEstimate:
         sequences=2 * train.batch_size,  # chosen + rejected in one concatenated forward
         checkpointing=cfg.model.gradient_checkpointing,
         bytes_per=prec.activation,
+        chunked_head=chunked_head(cfg),
     )
     return MemoryEstimate(
         total, trainable, prec.name, weights, gradients, optimizer, reference, activations, offloaded

@@ -247,3 +247,18 @@ def test_filtered_sources_are_not_counted_as_whole_files():
     filtered = total_rows([DataSource(path="builtin:demo", where={"kind": "harmful"})], None)
     assert whole[0] == len(load_demo_pairs())
     assert filtered[0] is None and "where" in filtered[1]
+
+
+def test_logits_memory_follows_the_response_only_chunked_head(tmp_path: Path) -> None:
+    """The loop projects to the vocabulary 512 scored positions at a time with a plain
+    head; ZeRO-3 (partitioned head weights) materialises every scored position's logits."""
+    from rayalign.archs import HEAD_CHUNK_TOKENS
+    from rayalign.plan import chunked_head
+
+    plain = activation_bytes(MISTRAL, 1024, 8, checkpointing=True, bytes_per=2, chunked_head=True)
+    full = activation_bytes(MISTRAL, 1024, 8, checkpointing=True, bytes_per=2)
+    assert full - plain == (1024 * 8 - HEAD_CHUNK_TOKENS) * MISTRAL.vocab_size * 6
+    assert chunked_head(cfg_with(tmp_path, "train: {zero_stage: 2}\n"))
+    assert not chunked_head(cfg_with(tmp_path, "train: {zero_stage: 3}\n"))
+    lora = "model: {lora: {r: 8, target_modules: [q_proj, lm_head]}}\n"
+    assert not chunked_head(cfg_with(tmp_path, lora))

@@ -128,3 +128,28 @@ def test_max_tokens_per_batch_keeps_the_step_a_mean_over_its_pairs(
                             gradient_accumulation_steps=2, max_tokens_per_batch=40)
     assert chunked == pytest.approx(base, rel=1e-4)
     assert last["pairs_seen"] == 12
+
+
+def test_a_resumed_run_continues_exactly_where_its_checkpoint_left_off(tiny_model_dir, plain_rows, tmp_path):
+    """Without Ray: a checkpoint saved at step 2 of 4, resumed in a fresh train(), gives the
+    uninterrupted run's steps 3 and 4 and its whole metrics log."""
+    import shutil
+
+    def run(out, checkpoint=None, keep=None):
+        cfg = _cfg(tiny_model_dir, "error")
+        cfg.train.max_steps, cfg.train.log_every, cfg.train.checkpoint_every = 4, 1, 2
+
+        def on_report(metrics, directory):
+            if keep is not None and directory is not None and metrics["step"] == 2:
+                shutil.copytree(directory, keep)
+
+        runtime = LocalRuntime({"train": ListShard(plain_rows)}, on_report=on_report, checkpoint=checkpoint)
+        train(cfg, runtime, steps_per_epoch=6, output_dir=out, export=False)
+        trained = [r["step"] for r in runtime.reports]
+        return trained, [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+    _, whole = run(tmp_path / "whole", keep=tmp_path / "ckpt")
+    trained, resumed = run(tmp_path / "resumed", checkpoint=tmp_path / "ckpt")
+    assert trained == [3, 4]  # only the steps after the checkpoint ran
+    assert [s["step"] for s in resumed] == [1, 2, 3, 4]
+    assert [s["loss"] for s in resumed] == pytest.approx([s["loss"] for s in whole], rel=1e-4)

@@ -35,10 +35,12 @@ class ModelDims:
 
     @property
     def head_dim(self) -> int:
+        """Width of one attention head."""
         return self.hidden_size // self.num_heads
 
     @property
     def kv_dim(self) -> int:
+        """Width of the key (or value) projection: KV heads x head width (GQA)."""
         return self.num_kv_heads * self.head_dim
 
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
@@ -78,6 +80,7 @@ class ModelDims:
         return params
 
     def num_parameters(self) -> int:
+        """All parameters (embeddings, layers, final norm, untied head)."""
         return sum(count for _, count in self.named_parameters())
 
 

@@ -38,6 +38,9 @@ class Section(BaseModel):
 
 
 class LoraConfig(Section):
+    """A PEFT LoRA adapter (``model.lora``): rank, scaling, dropout, target modules, and
+    whether the export merges it into the base."""
+
     r: int = Field(16, gt=0)
     alpha: int = Field(32, gt=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -370,6 +373,7 @@ class Config(Section):
         return self.data.precompute_ref_logps and self.loss.spec.needs_reference
 
     def to_yaml(self) -> str:
+        """The resolved config as YAML (every field, defaults included)."""
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
     def changed_fields(self, saved_yaml: str) -> list[str]:

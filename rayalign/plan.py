@@ -116,6 +116,7 @@ class MemoryEstimate:
 
     @property
     def total(self) -> int:
+        """Bytes on the device (what was offloaded to the host is not counted)."""
         return self.weights + self.gradients + self.optimizer + self.reference + self.activations
 
 
@@ -248,12 +249,14 @@ class Plan:
 
     @property
     def total_gpus(self) -> float:
+        """GPUs the job holds at once (a sweep: per trial x concurrent trials)."""
         if self.request is None:
             return 0.0
         return self.request.gpus * (self.concurrent_trials if self.command == "sweep" else 1)
 
     @property
     def total_nodes(self) -> int:
+        """Nodes the job needs at once (a sweep: per trial x concurrent trials)."""
         if self.request is None:
             return 1
         return self.request.nodes * (self.concurrent_trials if self.command == "sweep" else 1)

@@ -27,6 +27,8 @@ JudgeKind = Literal["refusal", "harm"]
 
 @dataclass(frozen=True)
 class JudgeInput:
+    """What a judge reads: the request, the completion, and HarmBench's optional context."""
+
     prompt: str
     completion: str
     context: str | None = None  # HarmBench contextual behaviours
@@ -34,6 +36,8 @@ class JudgeInput:
 
 @dataclass(frozen=True)
 class Verdict:
+    """A judge's decision, its word and the reason (shown in the generations file)."""
+
     label: int | None  # 1 complied/harmful, 0 refused/safe, None undecided
     verdict: str  # short word: complied, refused, unsafe, safe, undecided
     reason: str
@@ -357,6 +361,7 @@ class StringMatchJudge:
     kind: JudgeKind = "refusal"
 
     def judge(self, items: Sequence[JudgeInput]) -> list[Verdict]:
+        """One verdict per item, in order."""
         return [self.decide(item.completion) for item in items]
 
 
@@ -371,6 +376,7 @@ class PromptedJudge:
     kind: JudgeKind = "harm"
 
     def judge(self, items: Sequence[JudgeInput]) -> list[Verdict]:
+        """One verdict per item, in order: all prompts sent in one ``complete`` call."""
         if not items:
             return []
         outputs = self.complete([self.format(item) for item in items])

@@ -55,6 +55,7 @@ class TrainerState:
 
 
 def rng_states() -> dict[str, Any]:
+    """This process's torch, numpy, Python (and CUDA) random states, for a checkpoint."""
     states: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": np.random.get_state(),
@@ -66,6 +67,7 @@ def rng_states() -> dict[str, Any]:
 
 
 def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` saved (CUDA only where CUDA is available)."""
     torch.set_rng_state(states["torch"])
     np.random.set_state(states["numpy"])
     random.setstate(states["python"])

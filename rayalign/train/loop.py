@@ -2,7 +2,7 @@
 
 Ray Train calls :func:`train_loop_per_worker` in every worker; benchmarks and unit
 tests call :func:`train` directly with a :class:`~rayalign.train.runtime.LocalRuntime`.
-The maths lives elsewhere (``losses.py``, ``logprobs.py``); the pieces here only wire
+The maths lives elsewhere (``rayalign.losses``, ``logprobs.py``); the pieces here only wire
 model, data, DeepSpeed, checkpoints and metrics together.
 """
 

@@ -35,31 +35,42 @@ def zip_cycling(
 
     ``make_a``/``make_b`` return a *fresh* iterable each call (e.g.
     ``lambda: ds.iter_batches(batch_size=8, drop_last=True)``). The epoch ends at the
-    first step where both streams have run out at least once; a stream that is empty
-    from the start raises :class:`EmptyStreamError` instead of looping forever.
+    first step where both streams have run out at least once; a stream is restarted only
+    when the other has not run out yet (a restart of a Ray Data split starts a new epoch
+    on every worker), and one that is empty from the start raises
+    :class:`EmptyStreamError` instead of looping forever.
     """
-    streams = [iter(make_a()), iter(make_b())]
     makers = (make_a, make_b)
-    wrapped = [False, False]
-    while True:
-        items = []
-        for k in (0, 1):
-            try:
-                items.append(next(streams[k]))
-            except StopIteration:
-                wrapped[k] = True
-                streams[k] = iter(makers[k]())
-                try:
-                    items.append(next(streams[k]))
-                except StopIteration:
-                    raise EmptyStreamError(f"stream {'ab'[k]} yields no batches") from None
-        if all(wrapped):
-            for stream in streams:  # release Ray iterators now, not at garbage collection
-                close = getattr(stream, "close", None)
-                if close is not None:
-                    close()
-            return
-        yield items[0], items[1]
+    streams = [iter(make_a()), iter(make_b())]
+    wrapped, seen = [False, False], [0, 0]
+    try:
+        while True:
+            items: list[Any] = [_END, _END]
+            for k in (0, 1):
+                items[k] = next(streams[k], _END)
+                if items[k] is _END:
+                    if not seen[k]:
+                        raise EmptyStreamError(f"stream {'ab'[k]} yields no batches")
+                    wrapped[k] = True
+            if all(wrapped):
+                return
+            for k in (0, 1):
+                if items[k] is _END:
+                    streams[k] = iter(makers[k]())
+                    items[k] = next(streams[k], _END)
+                    if items[k] is _END:
+                        raise EmptyStreamError(f"stream {'ab'[k]} yields no batches on restart")
+            seen[0], seen[1] = seen[0] + 1, seen[1] + 1
+            yield items[0], items[1]
+    finally:
+        for stream in streams:  # release Ray iterators now, not at garbage collection
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+
+
+#: Marks the end of a stream in :func:`zip_cycling`.
+_END = object()
 
 
 def buffered_batches(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from train_support import ListShard, separable_pairs
@@ -153,3 +154,33 @@ def test_a_resumed_run_continues_exactly_where_its_checkpoint_left_off(tiny_mode
     assert trained == [3, 4]  # only the steps after the checkpoint ran
     assert [s["step"] for s in resumed] == [1, 2, 3, 4]
     assert [s["loss"] for s in resumed] == pytest.approx([s["loss"] for s in whole], rel=1e-4)
+
+
+def test_held_out_metrics_are_logged_at_checkpoints(tiny_model_dir, plain_rows, tmp_path):
+    """The eval split: the objective and the DPO metrics over its full batches, at every
+    checkpoint step (and only there), beside the training metrics."""
+    import torch
+
+    from rayalign.logprobs import sequence_logps
+    from rayalign.models import load_model
+
+    cfg = _cfg(tiny_model_dir, "error")
+    cfg.train.max_steps, cfg.train.checkpoint_every, cfg.train.learning_rate = 4, 2, 1e-12
+    held_out = [dict(row) for row in plain_rows[:10]]  # 2 full batches of 4; 2 pairs left over
+    model = load_model(cfg.model)
+    with torch.no_grad():  # reference = the (practically unchanged) policy: rewards ~0, loss ~log 2
+        for row in held_out:
+            for side in ("chosen", "rejected"):
+                ids = torch.tensor([row[f"{side}_input_ids"]])
+                labels = torch.tensor([row[f"{side}_labels"]])
+                row[f"ref_{side}_logps"] = float(sequence_logps(model, ids, torch.ones_like(ids), labels)[0])
+    runtime = LocalRuntime({"train": ListShard(plain_rows), "eval": ListShard(held_out)})
+    train(cfg, runtime, steps_per_epoch=6, output_dir=tmp_path, export=False)
+    steps = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps if "eval/loss" in s] == [2, 4]
+    for s in steps:
+        if "eval/loss" in s:
+            assert s["eval/pairs"] == 8
+            assert s["eval/loss"] == pytest.approx(math.log(2), abs=1e-3)
+            assert s["eval/rewards/margins"] == pytest.approx(0.0, abs=1e-3)
+    assert [r["step"] for r in runtime.reports if "eval/loss" in r] == [2, 4]

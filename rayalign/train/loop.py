@@ -469,8 +469,11 @@ def _finish_step(run: _Run, step: _StepSums, lr: float) -> dict[str, Any]:
     )
     if t.log_pair_ids:
         last["pair_ids"] = _gather_ids(step.ids)
-    _write_metrics(run, last)
     final = state.step >= run.total_steps
+    checkpointing = final or state.step % t.checkpoint_every == 0
+    if checkpointing:
+        last.update(_evaluate(run))
+    _write_metrics(run, last)
     if final:
         _save_checkpoint(run, last, with_export=run.export)
     elif state.step % t.checkpoint_every == 0:
@@ -483,7 +486,49 @@ def _finish_step(run: _Run, step: _StepSums, lr: float) -> dict[str, Any]:
             f"acc {last['rewards/accuracy']:.2f} margin {last['rewards/margins']:.3f} "
             f"lr {lr:.2e} {last['tokens_per_s']:.0f} tok/s"
         )
+    if run.runtime.rank == 0 and "eval/loss" in last:
+        logger.info(
+            f"held-out at step {state.step}: loss {last['eval/loss']:.4f} "
+            f"acc {last['eval/rewards/accuracy']:.2f} margin {last['eval/rewards/margins']:.3f} "
+            f"({last['eval/pairs']:.0f} pairs)"
+        )
     return last
+
+
+@torch.no_grad()
+def _evaluate(run: _Run) -> dict[str, float]:
+    """Held-out preference metrics (the ``eval`` split) at a checkpoint step.
+
+    The training objective and the DPO metrics (``eval/loss``, ``eval/rewards/accuracy``,
+    ``eval/rewards/margins``, ...) over full batches of ``batch_size`` pairs of this
+    worker's eval shard, summed over workers; ``eval/pairs`` says how many pairs. Every
+    rank runs as many batches (the fewest any rank has: ZeRO-3 forwards are collectives).
+    Empty when the run has no eval split.
+    """
+    shard = run.runtime.shard("eval")
+    if shard is None:
+        return {}
+    cfg, device, size = run.cfg, run.device, run.cfg.train.batch_size
+    blocks = shard.iter_batches(batch_size=size * LENGTH_GROUP_WINDOW, batch_format="numpy")
+    batches = list(stream_batches(blocks, size, window=LENGTH_GROUP_WINDOW, length_grouping=False, seed=0))
+    n = int(_all_reduce(torch.tensor([float(len(batches))], device=device), "min"))
+    if n == 0:
+        return {}
+    sums: dict[str, torch.Tensor] = {}
+    run.engine.eval()
+    try:
+        for rows in batches[:n]:
+            batch = to_device(run.collate(rows), device)
+            losses, *rest = _pair_losses(cfg, run.engine, run.reference, batch)
+            metrics = preference_metric_sums(*rest, beta=cfg.loss.beta)
+            metrics["loss"] = (losses.sum(), torch.full((), float(losses.numel()), device=device))
+            add_metric_sums(sums, metrics)
+    finally:
+        run.engine.train()
+    values, _ = reduce_metric_sums(sums, torch.zeros(0, device=device), _all_reduce)
+    out = {f"eval/{name}": value for name, value in values.items()}
+    out["eval/pairs"] = float(n * size * run.runtime.world_size)
+    return out
 
 
 def _write_metrics(run: _Run, last: dict[str, Any]) -> None:

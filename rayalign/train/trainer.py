@@ -167,7 +167,8 @@ def user_error_in(exc: BaseException) -> UserError | None:
 
 
 def prepare_training_data(cfg: Config, output_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The data pipeline's Ray Datasets for training (train + optional helpfulness)."""
+    """The data pipeline's Ray Datasets for training: ``train``, and when they have rows
+    ``helpfulness`` (BFPO's buffered stream) and ``eval`` (held-out metrics at checkpoints)."""
     from rayalign.data.pipeline import prepare_datasets
     from rayalign.models import load_tokenizer
 
@@ -177,6 +178,8 @@ def prepare_training_data(cfg: Config, output_dir: Path) -> tuple[dict[str, Any]
     datasets = {"train": prepared.train}
     if prepared.helpfulness is not None:
         datasets["helpfulness"] = prepared.helpfulness
+    if prepared.eval is not None:
+        datasets["eval"] = prepared.eval
     return datasets, dict(prepared.stats or {})
 
 
@@ -206,7 +209,7 @@ def run_training(
     if datasets is None:
         datasets, data_stats = prepare_training_data(cfg, out)
     known = data_stats.get("rows", {})  # the pipeline counted its splits already
-    row_counts = {name: known.get(name) or ds.count() for name, ds in datasets.items()}
+    row_counts = {name: known.get(name) or ds.count() for name, ds in datasets.items() if name != "eval"}
     steps = steps_per_epoch(row_counts, cfg.train)
     if steps <= 0:
         raise UserError(

@@ -84,3 +84,12 @@ def test_dpo_baseline_recipes(spec: str, preference: str, chosen_column: str):
     assert cfg.loss.name == "dpo" and not cfg.applies_safedpo_transform()
     assert [s.preference for s in cfg.data.sources] == [preference]
     assert chosen_column in (REPO / "jobs" / spec).read_text()
+
+
+def test_plan_names_the_stages():
+    from rayalign.plan import format_plan, plan_spec
+
+    spec = REPO / "jobs" / "sacpo_pku30k.yaml"
+    cfg = load_config(spec)
+    text = format_plan(plan_spec(cfg, spec.relative_to(REPO), [], cwd=REPO), cfg)
+    assert "stages:         helpful -> safe (run in order" in text

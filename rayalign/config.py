@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rayalign.atomic import write_text
 from rayalign.cache import cache_root
 from rayalign.errors import UserError
-from rayalign.losses.registry import HYPERPARAMETERS, LOSSES, get_loss
+from rayalign.losses.registry import HYPERPARAMETERS, LOSSES, LossSpec, get_loss
 from rayalign.textio import read_text
 
 #: A registered loss name (``rayalign.losses.registry.LOSSES``), checked by ``LossConfig``.
@@ -159,8 +159,8 @@ class LossConfig(Section):
         return {name: getattr(self, name) for name in HYPERPARAMETERS}
 
     @property
-    def spec(self) -> Any:
-        """The registry entry of ``name`` (:class:`rayalign.losses.registry.LossSpec`)."""
+    def spec(self) -> LossSpec:
+        """The registry entry of ``name``."""
         return LOSSES[self.name]
 
 

@@ -381,10 +381,6 @@ def format_plan(plan: Plan, cfg: Config) -> str:
         lines.append("resources:      1 CPU on the driver; no GPUs")
         return "\n".join(lines)
     lines.append(f"model:          {plan.model}")
-    if cfg.job.stages:
-        names = " -> ".join(stage.name for stage in cfg.job.stages)
-        lines.append(f"stages:         {names} (run in order, each from the model the one before "
-                     "exported; sized here with the spec's settings)")
     if plan.dims is not None:
         d = plan.dims
         lines.append(
@@ -393,6 +389,10 @@ def format_plan(plan: Plan, cfg: Config) -> str:
         )
     else:
         lines.append(f"                dimensions unknown: {plan.dims_error}")
+    if cfg.job.stages:
+        names = " -> ".join(stage.name for stage in cfg.job.stages)
+        lines.append(f"stages:         {names} (run in order, each from the model the one before "
+                     "exported; sized here with the spec's settings)")
     req = plan.request
     if req is not None:
         if plan.command == "eval":

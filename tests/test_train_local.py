@@ -184,3 +184,16 @@ def test_held_out_metrics_are_logged_at_checkpoints(tiny_model_dir, plain_rows, 
             assert s["eval/loss"] == pytest.approx(math.log(2), abs=1e-3)
             assert s["eval/rewards/margins"] == pytest.approx(0.0, abs=1e-3)
     assert [r["step"] for r in runtime.reports if "eval/loss" in r] == [2, 4]
+
+
+def test_a_reference_free_loss_trains_without_a_reference_model(tiny_model_dir, plain_rows, tmp_path):
+    """SimPO end to end in one process: no reference log-probs in the data and none
+    computed (the rewards are β·log π, far from the ~0 a reference would give at step 1)."""
+    cfg = _cfg(tiny_model_dir, "error")
+    cfg.loss.name, cfg.loss.beta, cfg.loss.gamma = "simpo", 2.0, 0.5
+    cfg.train.max_steps = 2
+    runtime = LocalRuntime({"train": ListShard(plain_rows)})
+    last = train(cfg, runtime, steps_per_epoch=6, output_dir=tmp_path, export=False)
+    first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert last["step"] == 2 and math.isfinite(last["loss"])
+    assert first["rewards/chosen"] < -1.0  # β·log π of whole responses: no reference subtracted

@@ -14,6 +14,10 @@ from pathlib import Path
 
 from rayalign.errors import UserError
 
+#: Scored tokens whose vocabulary logits exist at once when rayalign computes response
+#: log-probs with a plain output head (``rayalign.logprobs``); ``plan`` sizes memory with it.
+HEAD_CHUNK_TOKENS = 512
+
 
 @dataclass(frozen=True)
 class ModelDims:
@@ -31,10 +35,12 @@ class ModelDims:
 
     @property
     def head_dim(self) -> int:
+        """Width of one attention head."""
         return self.hidden_size // self.num_heads
 
     @property
     def kv_dim(self) -> int:
+        """Width of the key (or value) projection: KV heads x head width (GQA)."""
         return self.num_kv_heads * self.head_dim
 
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
@@ -74,6 +80,7 @@ class ModelDims:
         return params
 
     def num_parameters(self) -> int:
+        """All parameters (embeddings, layers, final norm, untied head)."""
         return sum(count for _, count in self.named_parameters())
 
 

@@ -15,11 +15,14 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rayalign.atomic import write_text
 from rayalign.cache import cache_root
 from rayalign.errors import UserError
+from rayalign.losses.registry import HYPERPARAMETERS, LOSSES, LossSpec, get_loss
 from rayalign.textio import read_text
 
-LossName = Literal["dpo", "ipo", "safedpo", "bfpo"]
+#: A registered loss name (``rayalign.losses.registry.LOSSES``), checked by ``LossConfig``.
+LossName = str
 
 
 #: torch threads in a section's Ray processes; None = the CPUs Ray reserved for them. On a
@@ -35,6 +38,9 @@ class Section(BaseModel):
 
 
 class LoraConfig(Section):
+    """A PEFT LoRA adapter (``model.lora``): rank, scaling, dropout, target modules, and
+    whether the export merges it into the base."""
+
     r: int = Field(16, gt=0)
     alpha: int = Field(32, gt=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -113,12 +119,26 @@ class DataConfig(Section):
         return self
 
 
+def _hyperparameter(name: str) -> Any:
+    """A ``LossConfig`` field whose default and bounds come from the loss registry."""
+    hp = HYPERPARAMETERS[name]
+    return Field(hp.default, description=hp.doc, **hp.bounds())
+
+
 class LossConfig(Section):
+    """Which registered loss trains (``rayalign.losses.registry``) and its hyperparameters.
+
+    One field per registry hyperparameter; each loss reads the ones its entry names, the
+    others are ignored. Defaults and valid ranges live in the registry.
+    """
+
     name: LossName = "safedpo"
-    beta: float = Field(0.1, gt=0.0)
-    delta: float = Field(10.0, ge=0.0)
-    b1: float = 3.0
-    alpha: float = 0.5
+    beta: float = _hyperparameter("beta")
+    delta: float = _hyperparameter("delta")
+    b1: float = _hyperparameter("b1")
+    alpha: float = _hyperparameter("alpha")
+    gamma: float = _hyperparameter("gamma")
+    label_smoothing: float = _hyperparameter("label_smoothing")
     # Weight of an NLL term on the response the loss prefers, the safe one for safedpo/bfpo
     # (RPO-style; see rayalign.losses.anchor_nll); 0 = the paper's loss.
     sft_weight: float = Field(0.0, ge=0.0)
@@ -129,12 +149,31 @@ class LossConfig(Section):
     # of the per-token NLL anchor instead of growing with the summed length.
     average_logps: bool = False
 
-    @field_validator("b1")
+    @field_validator("name")
     @classmethod
-    def _b1_not_one(cls, value: float) -> float:
-        if value == 1.0:
-            raise ValueError("b1 must differ from 1 (b3 = 1/(b1 - 1))")
+    def _registered(cls, value: str) -> str:
+        get_loss(value)  # ValueError naming the known losses
         return value
+
+    @field_validator(*HYPERPARAMETERS)
+    @classmethod
+    def _in_range(cls, value: float, info: Any) -> float:
+        return HYPERPARAMETERS[info.field_name].check(value)
+
+    @model_validator(mode="after")
+    def _not_normalised_twice(self) -> LossConfig:
+        if self.average_logps and self.spec.needs_token_counts:
+            raise ValueError(f"average_logps: {self.name} already normalises by response length")
+        return self
+
+    def hyperparameters(self) -> dict[str, float]:
+        """Every registry hyperparameter's value, for ``preference_loss(..., **values)``."""
+        return {name: getattr(self, name) for name in HYPERPARAMETERS}
+
+    @property
+    def spec(self) -> LossSpec:
+        """The registry entry of ``name``."""
+        return LOSSES[self.name]
 
 
 class TrackingConfig(Section):
@@ -275,6 +314,19 @@ class SweepConfig(Section):
     name: str = "rayalign-sweep"
 
 
+class StageConfig(Section):
+    """One stage of a multi-stage training job (``job.stages``, read by ``rayalign train``).
+
+    ``overrides`` is a nested mapping merged over the spec (mappings merge key by key, any
+    other value replaces), e.g. ``{loss: {beta: 0.05}, data: {sources: [...]}}``. The stage
+    trains as ``train.name``-``name``; every stage after the first starts from the model
+    the stage before exported (``rayalign.stages``).
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
 class JobConfig(Section):
     """How a spec runs as a Ray job (``rayalign submit``/``plan``); ignored by local runs."""
 
@@ -296,6 +348,17 @@ class JobConfig(Section):
     gpu_memory_gb: float = Field(80.0, gt=0.0)
     # GPUs the job needs that its train/sweep sections do not imply (eval/serve replicas).
     num_gpus: int | None = Field(None, ge=0)
+    # Training in stages, each from the previous stage's exported model (e.g. SACPO:
+    # helpfulness first, then safety). Empty = one stage, the spec itself.
+    stages: list[StageConfig] = Field(default_factory=list)
+
+    @field_validator("stages")
+    @classmethod
+    def _unique_stage_names(cls, stages: list[StageConfig]) -> list[StageConfig]:
+        names = [stage.name for stage in stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must differ: {names}")
+        return stages
 
 
 class Config(Section):
@@ -309,7 +372,20 @@ class Config(Section):
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     job: JobConfig = Field(default_factory=JobConfig)
 
+    def applies_safedpo_transform(self) -> bool:
+        """Whether the data pipeline applies SafeDPO's transformation: ``data.safedpo_transform``
+        when set, else the loss's registry entry (true for ``safedpo``)."""
+        if self.data.safedpo_transform is not None:
+            return self.data.safedpo_transform
+        return self.loss.spec.safedpo_transform
+
+    def scores_reference(self) -> bool:
+        """Whether the data pipeline precomputes reference log-probs: ``data.precompute_ref_logps``
+        and a loss that uses a reference model (SimPO does not)."""
+        return self.data.precompute_ref_logps and self.loss.spec.needs_reference
+
     def to_yaml(self) -> str:
+        """The resolved config as YAML (every field, defaults included)."""
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
     def changed_fields(self, saved_yaml: str) -> list[str]:
@@ -318,12 +394,12 @@ class Config(Section):
 
     def save(self, path: str | Path) -> Path:
         """Write the resolved config (the run's reproducible record) atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.to_yaml())
-        tmp.replace(path)
-        return path
+        return write_text(path, self.to_yaml())
+
+
+def output_dir_for(cfg: Config) -> Path:
+    """Where a training run writes: ``train.output_dir/train.name`` (absolute)."""
+    return Path(cfg.train.output_dir).expanduser().resolve() / cfg.train.name
 
 
 class ConfigError(UserError, ValueError):

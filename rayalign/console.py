@@ -16,6 +16,10 @@ shown; the CLI does, here. By default (quiet):
 
 ``-v/--verbose`` leaves Ray's console output as Ray makes it. Without a CLI (library use,
 tests) nothing here is active.
+
+Inside Ray workers and actors (the training loop, reference scoring), rayalign records go
+to the process's real stdout as ``[rayalign] message`` (:func:`worker_logging`), which Ray
+forwards to the driver, where the rule above decides.
 """
 
 from __future__ import annotations
@@ -155,6 +159,29 @@ def _worker_lines(data: dict[str, Any]) -> None:
         if line.lstrip().startswith(SHOWN_WORKER_PREFIX):
             print(line.strip(), flush=True)
         _worker_log.info("%s %s", prefix, line)
+
+
+class _WorkerStdout(logging.StreamHandler):
+    """rayalign records of a Ray worker as ``[rayalign] message`` on its real stdout."""
+
+
+def worker_logging() -> None:
+    """In a Ray worker or actor process: send the ``rayalign`` logger's INFO+ records to the
+    process's real stdout (``sys.__stdout__``) as ``[rayalign] message`` lines, once.
+
+    Ray forwards a worker's stdout to the driver, whose console shows ``[rayalign...]``
+    lines (:func:`route_worker_output`) and logs the rest. The real stdout, because Ray
+    Train 2.60 patches ``print`` on workers to both log and tee, which printed every line
+    twice. Does nothing in a CLI process (there :func:`setup` decides) or when installed.
+    """
+    log = logging.getLogger("rayalign")
+    if _State.active or any(isinstance(h, _WorkerStdout) for h in log.handlers):
+        return
+    handler = _WorkerStdout(sys.__stdout__)
+    handler.setFormatter(_ConsoleFormatter())
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False  # the worker's own root handlers (if any) would repeat the line
 
 
 def log_to(output_dir: str | Path, *, announce: bool = True) -> Path | None:

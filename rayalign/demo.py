@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from rayalign.config import Config, EvalConfig, ModelConfig, config_from_mapping
+
+logger = logging.getLogger("rayalign.demo")
 
 #: What the demo evaluates before and after training: its held-out prompts, all of XSTest
 #: and a fixed seeded subset of AdvBench (both bundled with rayalign).
@@ -133,10 +136,6 @@ def targets_met(before: dict[str, Any], after: dict[str, Any]) -> dict[str, bool
     return met
 
 
-def _say(message: str) -> None:
-    print(f"[rayalign demo] {message}", flush=True)
-
-
 def _start_over_if_settings_changed(cfg: Config) -> None:
     """Same settings resume an interrupted demo; other settings must not reuse its checkpoints."""
     from rayalign.train.trainer import checkpoints_from_other_settings
@@ -144,7 +143,7 @@ def _start_over_if_settings_changed(cfg: Config) -> None:
     stale = checkpoints_from_other_settings(cfg)
     if stale:
         run_dir, changed = stale
-        _say(f"settings changed since the last demo ({', '.join(changed[:4])}): training starts over")
+        logger.info(f"settings changed since the last demo ({', '.join(changed[:4])}): training starts over")
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -167,31 +166,31 @@ def run_demo(cfg: Config, *, method: str) -> DemoResult:
         steps[name] = time.perf_counter() - begin
         return value
 
-    _say(f"1/6 model: {cfg.model.name_or_path} (converted to safetensors once, then cached)")
+    logger.info(f"1/6 model: {cfg.model.name_or_path} (converted to safetensors once, then cached)")
     timed("model", resolve_model_path, cfg.model.name_or_path)
-    init_ray(need=largest([training_need(cfg.train), data_need(cfg.data), eval_need(cfg.eval)]))
+    init_ray(need=largest([training_need(cfg.train), data_need(cfg.data, scores_reference=cfg.scores_reference()), eval_need(cfg.eval)]))
 
-    _say("2/6 data: validate, transform and score the built-in demo pairs with Ray Data")
+    logger.info("2/6 data: validate, transform and score the built-in demo pairs with Ray Data")
     datasets, data_stats = timed("data", prepare_training_data, cfg, output_dir_for(cfg))
-    _say("    " + _data_line(data_stats))
+    logger.info("    " + _data_line(data_stats))
 
-    _say(f"3/6 evaluate the untouched model through Ray Serve ({', '.join(cfg.eval.benchmarks)}; "
+    logger.info(f"3/6 evaluate the untouched model through Ray Serve ({', '.join(cfg.eval.benchmarks)}; "
          "cached for the same model, prompts and settings)")
     before = timed("eval_before", evaluate_cached, cfg.model, cfg.eval, out / "eval_before")
-    _say("    " + _measures_line(before))
+    logger.info("    " + _measures_line(before))
 
-    _say(f"4/6 train {method} with Ray Train + DeepSpeed")
+    logger.info(f"4/6 train {method} with Ray Train + DeepSpeed")
     trained = timed("train", run_training, cfg, datasets=datasets)
 
-    _say("5/6 evaluate the trained model the same way")
+    logger.info("5/6 evaluate the trained model the same way")
     trained_cfg = cfg.model.model_copy(update={"name_or_path": str(trained.model_dir), "lora": None,
                                                "trainable_modules": None})
     after = timed("eval_after", evaluate_model, trained_cfg, cfg.eval, out / "eval_after")
-    _say("    " + _measures_line(after))
+    logger.info("    " + _measures_line(after))
 
     result = DemoResult(out, before, after, time.perf_counter() - started, steps,
                         {"max_new_tokens": cfg.eval.max_new_tokens, "benchmarks": cfg.eval.benchmarks})
-    _say("6/6 report")
+    logger.info("6/6 report")
     write_report(result, method=method, data_stats=data_stats, history=trained.history,
                  model_dir=trained.model_dir)
     return result
@@ -225,7 +224,7 @@ def evaluate_cached(model_cfg: ModelConfig, eval_cfg: EvalConfig, output_dir: Pa
     if (entry / "flat_metrics.json").is_file():
         shutil.rmtree(output_dir, ignore_errors=True)
         shutil.copytree(entry, output_dir)
-        _say(f"    reused the cached evaluation {entry}")
+        logger.info(f"    reused the cached evaluation {entry}")
         return json.loads((output_dir / "flat_metrics.json").read_text())
     flat = evaluate_model(model_cfg, eval_cfg, output_dir)
     (output_dir / "flat_metrics.json").write_text(json.dumps(flat, indent=2, default=str))

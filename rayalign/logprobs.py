@@ -27,9 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-Tensor = torch.Tensor
+# HEAD_CHUNK_TOKENS: scored tokens whose logits exist at once in head_token_logps (a
+# memory bound; defined torch-free so that `rayalign plan` sizes memory with it).
+from rayalign.archs import HEAD_CHUNK_TOKENS
+from rayalign.data.schema import IGNORE_INDEX as IGNORE_INDEX  # re-exported
 
-IGNORE_INDEX = -100
+Tensor = torch.Tensor
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -79,8 +82,6 @@ def _token_logps(logits: Tensor, targets: Tensor) -> Tensor:
     return picked - torch.logsumexp(logits, dim=-1)
 
 
-#: Scored tokens whose logits exist at once in :func:`head_token_logps` (memory bound).
-HEAD_CHUNK_TOKENS = 512
 
 
 class _ChunkedHeadLogps(torch.autograd.Function):
@@ -178,17 +179,6 @@ def sequence_logps_reference(
     targets, mask = _shifted(labels)
     token_logps = _token_logps(logits[:, :-1], targets.clamp(min=0))
     return (token_logps * mask).sum(-1)
-
-
-def concatenated_logps(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
-    """One forward over chosen and rejected stacked ``[2B, T]`` (chosen rows first).
-
-    ``batch`` is what :func:`rayalign.train.collate.collate_pairs` returns: ``input_ids``,
-    ``attention_mask`` and ``labels`` of the concatenated rows.
-    """
-    logps = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-    half = logps.shape[0] // 2
-    return logps[:half], logps[half:]
 
 
 # --------------------------------------------------------------------------- packed layout

@@ -20,10 +20,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rayalign.archs import ModelDims, resolve_dims
+from rayalign.archs import HEAD_CHUNK_TOKENS, ModelDims, resolve_dims
 from rayalign.config import Config, LoraConfig, ModelConfig
+from rayalign.data.mixing import steps_per_epoch, total_steps
 from rayalign.errors import UserError
 from rayalign.jobspec import job_command, plan_launch
+from rayalign.losses.registry import LOSSES
 from rayalign.rowcounts import count_rows
 
 GB = 1024**3
@@ -73,9 +75,16 @@ def trainable_parameters(dims: ModelDims, model: ModelConfig) -> int:
 
 
 def activation_bytes(
-    dims: ModelDims, seq_len: int, sequences: int, checkpointing: bool, bytes_per: int
+    dims: ModelDims, seq_len: int, sequences: int, checkpointing: bool, bytes_per: int,
+    chunked_head: bool = False,
 ) -> int:
-    """Saved activations of one micro-batch: decoder layers plus the logits."""
+    """Saved activations of one micro-batch: decoder layers plus the logits.
+
+    Logits exist only for positions that predict a response token (at most every token:
+    the bound used here). With ``chunked_head`` (a plain output head, as
+    ``rayalign.logprobs.head_token_logps`` computes it) only :data:`HEAD_CHUNK_TOKENS`
+    positions' logits exist at once, in forward and in the recomputing backward.
+    """
     tokens = seq_len * sequences
     h, kv, i = dims.hidden_size, dims.kv_dim, dims.intermediate_size
     # Per token and layer: norm inputs/outputs, q, attention output, o_proj input (7 of h),
@@ -85,8 +94,9 @@ def activation_bytes(
         layers = dims.num_layers * tokens * h * bytes_per + full_layer
     else:
         layers = dims.num_layers * full_layer
-    # Logits in the compute dtype plus their fp32 log-softmax for the sequence log-probs.
-    logits = tokens * dims.vocab_size * (bytes_per + 4)
+    # Logits in the compute dtype plus their fp32 copy for the log-softmax.
+    logit_tokens = min(tokens, HEAD_CHUNK_TOKENS) if chunked_head else tokens
+    logits = logit_tokens * dims.vocab_size * (bytes_per + 4)
     return layers + logits
 
 
@@ -106,7 +116,15 @@ class MemoryEstimate:
 
     @property
     def total(self) -> int:
+        """Bytes on the device (what was offloaded to the host is not counted)."""
         return self.weights + self.gradients + self.optimizer + self.reference + self.activations
+
+
+def chunked_head(cfg: Config) -> bool:
+    """Whether the loop computes response log-probs chunk by chunk (``logprobs``): a plain
+    output head, i.e. not partitioned by ZeRO-3 and not wrapped by LoRA."""
+    lora_on_head = cfg.model.lora is not None and "lm_head" in cfg.model.lora.target_modules
+    return cfg.train.zero_stage != 3 and not lora_on_head
 
 
 def training_memory(dims: ModelDims, cfg: Config) -> MemoryEstimate:
@@ -133,17 +151,19 @@ def training_memory(dims: ModelDims, cfg: Config) -> MemoryEstimate:
     if train.offload_params and train.zero_stage == 3:
         offloaded += weights
         weights = 0
-    # A second frozen model only when reference log-probs are computed on the fly and
-    # LoRA cannot stand in for it (adapter-disabled base = reference).
+    # A second frozen model only when the loss uses a reference, its log-probs are computed
+    # on the fly and LoRA cannot stand in for it (adapter-disabled base = reference). The
+    # loop loads a full copy per worker (train.loop.ReferenceLogps), under any ZeRO stage.
     reference = 0
-    if not cfg.data.precompute_ref_logps and cfg.model.lora is None:
-        reference = total * prec.weight // (world if train.zero_stage >= 3 else 1)
+    if cfg.loss.spec.needs_reference and not cfg.data.precompute_ref_logps and cfg.model.lora is None:
+        reference = total * prec.weight
     activations = activation_bytes(
         dims,
         seq_len=cfg.data.max_length,
         sequences=2 * train.batch_size,  # chosen + rejected in one concatenated forward
         checkpointing=cfg.model.gradient_checkpointing,
         bytes_per=prec.activation,
+        chunked_head=chunked_head(cfg),
     )
     return MemoryEstimate(
         total, trainable, prec.name, weights, gradients, optimizer, reference, activations, offloaded
@@ -191,17 +211,18 @@ def sweep_trials(cfg: Config) -> int | None:
     return points * cfg.sweep.num_samples
 
 
-def steps_per_epoch(train_rows: int, cfg: Config, helpfulness_rows: int | None = None) -> int:
-    """Optimizer steps per epoch, counted as rayalign.train.trainer does.
+def expected_row_counts(train_rows: int, cfg: Config, helpfulness_rows: int | None = None) -> dict[str, int]:
+    """The prepared splits training reads, estimated from the sources' rows.
 
-    Each stream (after the eval split) is divided equally over the workers and only
-    full batches run; BFPO buffered mode reads both streams in lock-step, so the
-    shorter one decides.
+    The pipeline holds ``data.eval_fraction`` of the safety stream out (by id hash, so
+    the exact count is known only after preparing) and never splits the helpfulness
+    stream. Feed the result to :func:`rayalign.data.mixing.steps_per_epoch`, the rule the
+    trainer applies to the real counts.
     """
-    streams = [train_rows] + ([helpfulness_rows] if helpfulness_rows is not None else [])
-    kept = min(math.floor(rows * (1.0 - cfg.data.eval_fraction)) for rows in streams)
-    t = cfg.train
-    return kept // t.num_workers // t.batch_size // t.gradient_accumulation_steps
+    counts = {"train": math.floor(train_rows * (1.0 - cfg.data.eval_fraction))}
+    if helpfulness_rows is not None:
+        counts["helpfulness"] = helpfulness_rows
+    return counts
 
 
 @dataclass
@@ -228,12 +249,14 @@ class Plan:
 
     @property
     def total_gpus(self) -> float:
+        """GPUs the job holds at once (a sweep: per trial x concurrent trials)."""
         if self.request is None:
             return 0.0
         return self.request.gpus * (self.concurrent_trials if self.command == "sweep" else 1)
 
     @property
     def total_nodes(self) -> int:
+        """Nodes the job needs at once (a sweep: per trial x concurrent trials)."""
         if self.request is None:
             return 1
         return self.request.nodes * (self.concurrent_trials if self.command == "sweep" else 1)
@@ -273,10 +296,8 @@ def build_plan(
     plan.rows, plan.rows_source = rows
     plan.helpfulness_rows = helpfulness_rows
     if plan.rows is not None:
-        plan.steps_per_epoch = steps_per_epoch(plan.rows, cfg, helpfulness_rows)
-        plan.total_steps = plan.steps_per_epoch * cfg.train.epochs
-        if cfg.train.max_steps is not None:
-            plan.total_steps = min(plan.total_steps, cfg.train.max_steps)
+        plan.steps_per_epoch = steps_per_epoch(expected_row_counts(plan.rows, cfg, helpfulness_rows), cfg.train)
+        plan.total_steps = total_steps(plan.steps_per_epoch, cfg.train)
     plan.warnings = check_plan(cfg, plan)
     return plan
 
@@ -317,8 +338,9 @@ def check_plan(cfg: Config, plan: Plan) -> list[str]:
                     f"{field_name} {value!r} is relative: a submitted job resolves it inside its "
                     "temporary working_dir copy on the head; use shared storage for cluster runs"
                 )
-    if cfg.data.helpfulness_sources and cfg.loss.name != "bfpo":
-        notes.append("data.helpfulness_sources is only used by the bfpo loss (buffered mode)")
+    if cfg.data.helpfulness_sources and not cfg.loss.spec.uses_helpfulness_stream:
+        users = ", ".join(n for n, spec in LOSSES.items() if spec.uses_helpfulness_stream)
+        notes.append(f"data.helpfulness_sources is only used by the {users} loss (buffered mode)")
     if plan.steps_per_epoch == 0:
         notes.append("fewer pairs than one global batch: no optimizer step would run")
     if plan.command == "sweep":
@@ -367,6 +389,10 @@ def format_plan(plan: Plan, cfg: Config) -> str:
         )
     else:
         lines.append(f"                dimensions unknown: {plan.dims_error}")
+    if cfg.job.stages:
+        names = " -> ".join(stage.name for stage in cfg.job.stages)
+        lines.append(f"stages:         {names} (run in order, each from the model the one before "
+                     "exported; sized here with the spec's settings)")
     req = plan.request
     if req is not None:
         if plan.command == "eval":
@@ -427,16 +453,14 @@ def format_plan(plan: Plan, cfg: Config) -> str:
         if plan.rows is not None:
             lines.append(f"pairs:          {plan.rows:,} ({plan.rows_source})")
             if plan.helpfulness_rows is not None:
-                lines.append(f"helpfulness:    {plan.helpfulness_rows:,} pairs (buffered BFPO stream)")
+                lines.append(f"helpfulness:    {plan.helpfulness_rows:,} pairs (buffered BFPO stream; the shorter stream is cycled)")
             gb = cfg.train.batch_size * cfg.train.num_workers * cfg.train.gradient_accumulation_steps
             lines.append(
                 f"steps/epoch:    {plan.steps_per_epoch:,} (global batch {gb} pairs, "
                 f"{cfg.data.eval_fraction:.0%} held out, full batches only), "
                 f"{plan.total_steps:,} steps in all"
             )
-            if cfg.data.safedpo_transform or (
-                cfg.data.safedpo_transform is None and cfg.loss.name == "safedpo"
-            ):
+            if cfg.applies_safedpo_transform():
                 lines.append("                (an upper bound: the SafeDPO transform drops unsafe/unsafe pairs)")
         else:
             lines.append(f"steps/epoch:    unknown: {plan.rows_source}; pass --rows N")

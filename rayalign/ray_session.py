@@ -113,9 +113,13 @@ def training_need(train: TrainConfig, *, data_tasks: int = 1) -> Need:
     )
 
 
-def data_need(data: DataConfig) -> Need:
-    """The data pipeline: reference-scoring actors (when scoring) plus one task feeding them."""
-    if not data.precompute_ref_logps:
+def data_need(data: DataConfig, *, scores_reference: bool = True) -> Need:
+    """The data pipeline: reference-scoring actors (when scoring) plus one task feeding them.
+
+    ``scores_reference=False`` (``Config.scores_reference``: a reference-free loss) needs no
+    actors even with ``data.precompute_ref_logps``.
+    """
+    if not (data.precompute_ref_logps and scores_reference):
         return Need("the data pipeline (1 Ray Data task)", ({"CPU": 1},))
     actor = {"CPU": 1, "GPU": data.ref_gpus_per_actor}
     return Need(

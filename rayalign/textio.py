@@ -13,7 +13,11 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import json
 from pathlib import Path
+from typing import Any
+
+from rayalign.errors import UserError
 
 #: Leading marks and the codec of what follows (UTF-32 before UTF-16: FF FE 00 00 starts with FF FE).
 _BOMS: tuple[tuple[bytes, str], ...] = (
@@ -52,3 +56,51 @@ def read_text(path: str | Path, errors: str = "strict") -> str:
 def csv_dict_rows(text: str, delimiter: str = ",") -> list[dict[str, str]]:
     """CSV text (already decoded) as rows keyed by the header."""
     return list(csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter))
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a small table file, as dicts: the one reader of JSONL/CSV row files
+    (benchmarks, judge-calibration labels).
+
+    ``.jsonl``/``.json``: one JSON object per line, or one JSON array of objects;
+    ``.csv``/``.tsv``: rows keyed by the header; ``.parquet``. Text goes through
+    :func:`read_text` (BOMs handled). Raises :class:`UserError` naming the file (and the
+    row, numbered from 1) for a missing file, text that is not UTF-8, a line that is not
+    JSON, a row that is not an object, or another extension.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    if suffix not in (".jsonl", ".json", ".csv", ".tsv"):
+        raise UserError(f"{path}: unsupported file type (use .csv, .tsv, .json, .jsonl or .parquet)")
+    try:
+        text = read_text(path)
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc})") from exc
+    if suffix in (".csv", ".tsv"):
+        return csv_dict_rows(text, delimiter="\t" if suffix == ".tsv" else ",")
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from exc
+        if not isinstance(rows, list):
+            raise UserError(f"{path}: expected a JSON array of objects")
+    else:
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}: row {number}: not valid JSON ({exc.msg})") from exc
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise UserError(f"{path}: row {number}: expected a JSON object")
+    return rows

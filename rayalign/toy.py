@@ -20,11 +20,13 @@ import numpy as np
 import torch
 
 from rayalign.data.safety import safedpo_transform
-from rayalign.losses import preference_loss
+from rayalign.losses import HYPERPARAMETERS, get_loss, preference_loss
 
 
 @dataclass(frozen=True)
 class Action:
+    """One of the toy's four responses: how helpful it is and whether it is safe."""
+
     name: str
     helpfulness: int  # higher is more helpful
     safe: bool
@@ -44,15 +46,18 @@ METHODS = ("dpo", "ipo", "bfpo", "safedpo")
 
 @dataclass
 class ToySettings:
+    """The experiment's settings: β values, seeds, Adam steps and the losses' hyperparameters."""
+
     betas: tuple[float, ...] = (0.1, 0.5, 1.0)
     seeds: int = 5
     steps: int = 1800
     lr: float = 0.01
     batch_size: int = 32
     record_every: int = 10
-    delta: float = 10.0
-    b1: float = 3.0
-    alpha: float = 0.5
+    # the loss registry's defaults (the same as LossConfig's)
+    delta: float = HYPERPARAMETERS["delta"].default
+    b1: float = HYPERPARAMETERS["b1"].default
+    alpha: float = HYPERPARAMETERS["alpha"].default
 
 
 @dataclass
@@ -68,6 +73,7 @@ class ToyRun:
 
     @property
     def mean_final(self) -> np.ndarray:
+        """Final action probabilities, mean over seeds, shape ``[actions]``."""
         return self.final_probs.mean(axis=0)
 
     @property
@@ -78,10 +84,13 @@ class ToyRun:
 
 @dataclass
 class ToyResult:
+    """Every (method, β) run of one experiment."""
+
     settings: ToySettings
     runs: list[ToyRun] = field(default_factory=list)
 
     def run(self, method: str, beta: float) -> ToyRun:
+        """The run of ``method`` at ``beta`` (StopIteration if there is none)."""
         return next(r for r in self.runs if r.method == method and r.beta == beta)
 
 
@@ -98,7 +107,7 @@ def preference_pairs(method: str) -> dict[str, np.ndarray]:
         "chosen_safe": np.array([ACTIONS[i].safe for i in chosen]),
         "rejected_safe": np.array([ACTIONS[i].safe for i in rejected]),
     }
-    if method == "safedpo":
+    if get_loss(method).safedpo_transform:
         batch, _ = safedpo_transform(batch)
     return batch
 
@@ -153,6 +162,7 @@ def train_method(method: str, beta: float, settings: ToySettings) -> ToyRun:
 
 
 def run_toy(settings: ToySettings | None = None, methods: tuple[str, ...] = METHODS) -> ToyResult:
+    """Train every method at every β of ``settings`` (CPU, seconds)."""
     settings = settings or ToySettings()
     result = ToyResult(settings)
     for method in methods:
@@ -218,6 +228,7 @@ def plot_curves(result: ToyResult, path: str | Path) -> Path:
 
 
 def result_as_json(result: ToyResult) -> dict:
+    """The result as plain JSON: settings, and per run the final probabilities and curves."""
     return {
         "actions": [a.name for a in ACTIONS],
         "settings": vars(result.settings),

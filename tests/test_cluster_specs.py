@@ -35,6 +35,9 @@ PAPER_SPECS = [
     "sweep_safedpo_delta.yaml",
     "sweep_bfpo_alpha.yaml",
     "eval_safety_suite.yaml",
+    "dpo_helpful_pku30k.yaml",
+    "dpo_safebetter_pku30k.yaml",
+    "sacpo_pku30k.yaml",
 ]
 RUNTIME_ENV_KEYS = {
     "working_dir", "excludes", "pip", "uv", "conda", "env_vars", "py_modules",

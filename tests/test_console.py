@@ -54,3 +54,18 @@ def test_verbose_shows_ray_lines(tmp_path, capsys):
         for handler in console._State.handlers:
             logging.getLogger().removeHandler(handler)
         console._State.active = False
+
+
+def test_worker_logging_prints_rayalign_lines_to_the_real_stdout_once(capfd):
+    """Inside a Ray worker (no CLI), rayalign records reach the process's stdout as the
+    ``[rayalign]`` lines the driver's console shows; installing twice adds nothing."""
+    log = logging.getLogger("rayalign")
+    before = (list(log.handlers), log.level, log.propagate)
+    try:
+        console.worker_logging()
+        console.worker_logging()
+        logging.getLogger("rayalign.train.loop").info("step 1/2 loss 0.69")
+        logging.getLogger("rayalign.data").debug("not shown")
+        assert capfd.readouterr().out.splitlines() == ["[rayalign] step 1/2 loss 0.69"]
+    finally:
+        log.handlers[:], log.level, log.propagate = before

@@ -259,3 +259,22 @@ def test_labels_files_with_a_bom_and_null_completions(tmp_path):
     jsonl.write_text(json.dumps({"prompt": "p", "completion": "c", "v": "maybe"}))
     with pytest.raises(UserError, match=r"cannot read 'maybe'.*--negative"):
         load_labels([jsonl], label_column="v", positive=["yes"])
+
+
+def test_judge_registry_entries_are_complete_and_carry_their_generation_length():
+    from rayalign.eval.judges import JUDGES, get_judge
+
+    for name, spec in JUDGES.items():
+        assert spec.name == name and spec.kind in ("refusal", "harm")
+        if spec.served:
+            assert spec.decide is None and spec.format and spec.parse, name
+        else:
+            assert spec.decide is not None and spec.method == "string_match", name
+    assert {n for n, s in JUDGES.items() if s.served} == {"harmbench", "llamaguard", "llm"}
+    assert get_judge("harmbench").generation_tokens(16) == 1
+    assert get_judge("llamaguard").generation_tokens(16) == 24
+    assert get_judge("llm").generation_tokens(16) == 16  # eval.judge_max_tokens
+    assert make_judge("advbench").decide is make_judge("gcg").decide
+    assert make_judge("harmbench", complete=lambda p: ["Yes"] * len(p)).kind == "harm"
+    with pytest.raises(UserError, match="unknown judge 'vibes'; choose one of refusal, xstest"):
+        get_judge("vibes")

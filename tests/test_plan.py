@@ -10,6 +10,7 @@ import pytest
 
 from rayalign.archs import ModelDims, resolve_dims
 from rayalign.config import DataSource, load_config
+from rayalign.data.mixing import steps_per_epoch
 from rayalign.demo_data import load_demo_pairs
 from rayalign.errors import UserError
 from rayalign.jobspec import build_entrypoint, build_runtime_env, job_command, plan_launch
@@ -17,7 +18,7 @@ from rayalign.plan import (
     GB,
     activation_bytes,
     build_plan,
-    steps_per_epoch,
+    expected_row_counts,
     total_rows,
     train_request,
     trainable_parameters,
@@ -112,6 +113,15 @@ def test_fp32_on_cpu_and_reference_model_when_not_precomputed(tmp_path: Path) ->
     assert mem.reference == 4 * MISTRAL.num_parameters()
 
 
+def test_reference_memory_is_what_the_loop_loads(tmp_path: Path) -> None:
+    text = "model: {name_or_path: x}\ndata: {precompute_ref_logps: false}\ntrain: {num_workers: 4}\n"
+    # the loop loads a full frozen copy per worker, also under ZeRO-3 (it is not sharded)
+    zero3 = training_memory(MISTRAL, cfg_with(tmp_path, text, ["train.zero_stage=3"]))
+    assert zero3.reference == 4 * MISTRAL.num_parameters()
+    # a reference-free loss (SimPO) loads none
+    assert training_memory(MISTRAL, cfg_with(tmp_path, text, ["loss.name=simpo"])).reference == 0
+
+
 def test_gradient_checkpointing_cuts_activations_by_most_of_the_layers() -> None:
     full = activation_bytes(MISTRAL, 1024, 8, checkpointing=False, bytes_per=2)
     ckpt = activation_bytes(MISTRAL, 1024, 8, checkpointing=True, bytes_per=2)
@@ -125,9 +135,34 @@ def test_gradient_checkpointing_cuts_activations_by_most_of_the_layers() -> None
 def test_steps_per_epoch_match_the_trainer_rule(tmp_path: Path) -> None:
     text = "data: {eval_fraction: 0.0}\ntrain: {num_workers: 4, batch_size: 2, gradient_accumulation_steps: 3}\n"
     cfg = cfg_with(tmp_path, text)
-    assert steps_per_epoch(1000, cfg) == 1000 // 4 // 2 // 3
-    # BFPO buffered: the shorter stream decides
-    assert steps_per_epoch(1000, cfg, helpfulness_rows=240) == 240 // 4 // 2 // 3
+    assert steps_per_epoch(expected_row_counts(1000, cfg), cfg.train) == 1000 // 4 // 2 // 3
+    # BFPO buffered: the shorter stream is cycled, the longer one decides
+    assert steps_per_epoch(expected_row_counts(240, cfg, helpfulness_rows=1000), cfg.train) == 1000 // 4 // 2 // 3
+    # the eval split is held out of the safety stream only
+    held = cfg_with(tmp_path, "data: {eval_fraction: 0.1}\n")
+    assert expected_row_counts(1000, held, helpfulness_rows=500) == {"train": 900, "helpfulness": 500}
+
+
+@pytest.mark.parametrize(
+    ("loss", "helpfulness", "overrides"),
+    [("dpo", None, []), ("safedpo", None, ["train.max_steps=500"]), ("bfpo", 3000, ["train.epochs=2"]),
+     ("bfpo", 300, ["train.max_tokens_per_batch=4096"])],
+)
+def test_plan_and_trainer_size_a_run_alike(tmp_path: Path, loss, helpfulness, overrides) -> None:
+    """Plan and trainer call one function; given the pipeline's split counts they agree."""
+    import rayalign.train.trainer as trainer
+
+    text = (f"loss: {{name: {loss}}}\ndata: {{eval_fraction: 0.0}}\n"
+            "train: {num_workers: 2, batch_size: 4, gradient_accumulation_steps: 2}\n")
+    cfg = cfg_with(tmp_path, text, overrides)
+    plan = build_plan(cfg, "train", None, rows=(1000, "given"), helpfulness_rows=helpfulness)
+    split_counts = {"train": 1000} | ({"helpfulness": helpfulness} if helpfulness else {})
+    assert trainer.steps_per_epoch is steps_per_epoch  # the trainer's own rule
+    assert plan.steps_per_epoch == trainer.steps_per_epoch(split_counts, cfg.train)
+    assert plan.total_steps == (cfg.train.max_steps or cfg.train.epochs * plan.steps_per_epoch)
+    assert plan.steps_per_epoch == max(split_counts.values()) // 2 // 4 // 2
+    if cfg.train.max_steps:  # max_steps overrides epochs, as in the loop (it is not a cap)
+        assert plan.total_steps == 500 > plan.steps_per_epoch
 
 
 def test_gpu_and_node_counts_follow_placement(tmp_path: Path) -> None:
@@ -212,3 +247,18 @@ def test_filtered_sources_are_not_counted_as_whole_files():
     filtered = total_rows([DataSource(path="builtin:demo", where={"kind": "harmful"})], None)
     assert whole[0] == len(load_demo_pairs())
     assert filtered[0] is None and "where" in filtered[1]
+
+
+def test_logits_memory_follows_the_response_only_chunked_head(tmp_path: Path) -> None:
+    """The loop projects to the vocabulary 512 scored positions at a time with a plain
+    head; ZeRO-3 (partitioned head weights) materialises every scored position's logits."""
+    from rayalign.archs import HEAD_CHUNK_TOKENS
+    from rayalign.plan import chunked_head
+
+    plain = activation_bytes(MISTRAL, 1024, 8, checkpointing=True, bytes_per=2, chunked_head=True)
+    full = activation_bytes(MISTRAL, 1024, 8, checkpointing=True, bytes_per=2)
+    assert full - plain == (1024 * 8 - HEAD_CHUNK_TOKENS) * MISTRAL.vocab_size * 6
+    assert chunked_head(cfg_with(tmp_path, "train: {zero_stage: 2}\n"))
+    assert not chunked_head(cfg_with(tmp_path, "train: {zero_stage: 3}\n"))
+    lora = "model: {lora: {r: 8, target_modules: [q_proj, lm_head]}}\n"
+    assert not chunked_head(cfg_with(tmp_path, lora))

@@ -50,6 +50,7 @@ def test_other_units_of_work():
                              "sweep.max_concurrent_trials=2", "sweep.cpus_per_trial=1",
                              "train.num_workers=1"])
     assert data_need(cfg.data).total() == {"CPU": 3.0}
+    assert data_need(cfg.data, scores_reference=False).total() == {"CPU": 1.0}  # e.g. SimPO
     assert eval_need(cfg.eval).total() == {"CPU": 4.0}  # policy + local judge replica
     assert serve_need(3, 1.0, 0.0).total() == {"CPU": 3.0}
     assert sweep_need(cfg).total() == {"CPU": 6.0}  # 2 x (trial driver + worker + data task)

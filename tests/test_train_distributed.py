@@ -161,8 +161,8 @@ def test_lora_trains_only_the_adapter_and_exports_adapter_and_merged_model(
 
 
 def test_bfpo_buffered_zero3_selective_down_proj(ray_local, tiny_model_dir, tokenizer, tmp_path_factory):
-    """BFPO reads safety + helpfulness streams in lock-step; only MLP down-projections train;
-    ZeRO-3 shards are gathered for the export."""
+    """BFPO reads safety + helpfulness streams in lock-step (the shorter cycled); only MLP
+    down-projections train; ZeRO-3 shards are gathered for the export."""
     cfg = _config(
         tiny_model_dir, tmp_path_factory.mktemp("bfpo"), "bfpo",
         zero_stage=3, epochs=1, learning_rate=5e-3, checkpoint_every=100,
@@ -175,7 +175,8 @@ def test_bfpo_buffered_zero3_selective_down_proj(ray_local, tiny_model_dir, toke
         cfg, datasets={"train": ray_dataset(safety), "helpfulness": ray_dataset(helpful)}, verbose=False
     )
     history = result.history
-    assert len(history) == 4  # the shorter (helpfulness) stream: 32 / 2 workers / 4 per batch
+    # the longer (safety) stream: 48 / 2 workers / 4 per batch; helpfulness is cycled
+    assert len(history) == 6
     for h in history:
         ids = h["pair_ids"]
         assert sum(i.startswith("h") for i in ids) == sum(i.startswith("s") for i in ids) == 8

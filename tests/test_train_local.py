@@ -3,33 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
-from train_support import separable_pairs
+from train_support import ListShard, separable_pairs
 
 from rayalign.config import Config
 from rayalign.models import load_tokenizer
 from rayalign.train.loop import NonFiniteLossError, train
 from rayalign.train.runtime import LocalRuntime, init_local_process_group
-
-
-class ListShard:
-    """Ray Data's ``iter_batches`` shape over a list of rows."""
-
-    def __init__(self, rows):
-        self.rows = rows
-
-    def iter_batches(self, *, batch_size, batch_format="numpy", prefetch_batches=0):
-        import numpy as np
-
-        for i in range(0, len(self.rows), batch_size):
-            chunk = self.rows[i : i + batch_size]
-            out = {}
-            for key in chunk[0]:
-                col = np.empty(len(chunk), dtype=object)
-                col[:] = [r[key] for r in chunk]
-                out[key] = col
-            yield out
 
 
 def _cfg(model_dir, on_nonfinite: str) -> Config:
@@ -147,3 +129,71 @@ def test_max_tokens_per_batch_keeps_the_step_a_mean_over_its_pairs(
                             gradient_accumulation_steps=2, max_tokens_per_batch=40)
     assert chunked == pytest.approx(base, rel=1e-4)
     assert last["pairs_seen"] == 12
+
+
+def test_a_resumed_run_continues_exactly_where_its_checkpoint_left_off(tiny_model_dir, plain_rows, tmp_path):
+    """Without Ray: a checkpoint saved at step 2 of 4, resumed in a fresh train(), gives the
+    uninterrupted run's steps 3 and 4 and its whole metrics log."""
+    import shutil
+
+    def run(out, checkpoint=None, keep=None):
+        cfg = _cfg(tiny_model_dir, "error")
+        cfg.train.max_steps, cfg.train.log_every, cfg.train.checkpoint_every = 4, 1, 2
+
+        def on_report(metrics, directory):
+            if keep is not None and directory is not None and metrics["step"] == 2:
+                shutil.copytree(directory, keep)
+
+        runtime = LocalRuntime({"train": ListShard(plain_rows)}, on_report=on_report, checkpoint=checkpoint)
+        train(cfg, runtime, steps_per_epoch=6, output_dir=out, export=False)
+        trained = [r["step"] for r in runtime.reports]
+        return trained, [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+    _, whole = run(tmp_path / "whole", keep=tmp_path / "ckpt")
+    trained, resumed = run(tmp_path / "resumed", checkpoint=tmp_path / "ckpt")
+    assert trained == [3, 4]  # only the steps after the checkpoint ran
+    assert [s["step"] for s in resumed] == [1, 2, 3, 4]
+    assert [s["loss"] for s in resumed] == pytest.approx([s["loss"] for s in whole], rel=1e-4)
+
+
+def test_held_out_metrics_are_logged_at_checkpoints(tiny_model_dir, plain_rows, tmp_path):
+    """The eval split: the objective and the DPO metrics over its full batches, at every
+    checkpoint step (and only there), beside the training metrics."""
+    import torch
+
+    from rayalign.logprobs import sequence_logps
+    from rayalign.models import load_model
+
+    cfg = _cfg(tiny_model_dir, "error")
+    cfg.train.max_steps, cfg.train.checkpoint_every, cfg.train.learning_rate = 4, 2, 1e-12
+    held_out = [dict(row) for row in plain_rows[:10]]  # 2 full batches of 4; 2 pairs left over
+    model = load_model(cfg.model)
+    with torch.no_grad():  # reference = the (practically unchanged) policy: rewards ~0, loss ~log 2
+        for row in held_out:
+            for side in ("chosen", "rejected"):
+                ids = torch.tensor([row[f"{side}_input_ids"]])
+                labels = torch.tensor([row[f"{side}_labels"]])
+                row[f"ref_{side}_logps"] = float(sequence_logps(model, ids, torch.ones_like(ids), labels)[0])
+    runtime = LocalRuntime({"train": ListShard(plain_rows), "eval": ListShard(held_out)})
+    train(cfg, runtime, steps_per_epoch=6, output_dir=tmp_path, export=False)
+    steps = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps if "eval/loss" in s] == [2, 4]
+    for s in steps:
+        if "eval/loss" in s:
+            assert s["eval/pairs"] == 8
+            assert s["eval/loss"] == pytest.approx(math.log(2), abs=1e-3)
+            assert s["eval/rewards/margins"] == pytest.approx(0.0, abs=1e-3)
+    assert [r["step"] for r in runtime.reports if "eval/loss" in r] == [2, 4]
+
+
+def test_a_reference_free_loss_trains_without_a_reference_model(tiny_model_dir, plain_rows, tmp_path):
+    """SimPO end to end in one process: no reference log-probs in the data and none
+    computed (the rewards are β·log π, far from the ~0 a reference would give at step 1)."""
+    cfg = _cfg(tiny_model_dir, "error")
+    cfg.loss.name, cfg.loss.beta, cfg.loss.gamma = "simpo", 2.0, 0.5
+    cfg.train.max_steps = 2
+    runtime = LocalRuntime({"train": ListShard(plain_rows)})
+    last = train(cfg, runtime, steps_per_epoch=6, output_dir=tmp_path, export=False)
+    first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert last["step"] == 2 and math.isfinite(last["loss"])
+    assert first["rewards/chosen"] < -1.0  # β·log π of whole responses: no reference subtracted

@@ -8,10 +8,12 @@ import random
 import numpy as np
 import pytest
 import torch
+from train_support import ListShard
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from rayalign.config import TrainConfig
-from rayalign.logprobs import concatenated_logps, sequence_logps, sequence_logps_reference
+from rayalign.errors import UserError
+from rayalign.logprobs import batch_logps, sequence_logps, sequence_logps_reference
 from rayalign.train.collate import (
     collate_pairs,
     group_by_length,
@@ -75,16 +77,14 @@ def test_sequence_logps_by_hand(model):
     assert got.item() == pytest.approx(float(expected), abs=1e-4)
 
 
-def test_prompt_only_rows_score_zero_and_concatenated_split(model):
+def test_prompt_only_rows_score_zero_and_padded_batches_score_per_row(model):
     ids, mask, labels = _batch()
     labels[1] = -100
     with torch.no_grad():
         logps = sequence_logps(model, ids, mask, labels)
-        chosen, rejected = concatenated_logps(
-            model, {"input_ids": ids, "attention_mask": mask, "labels": labels}
-        )
+        both = batch_logps(model, {"input_ids": ids, "attention_mask": mask, "labels": labels})
     assert logps[1].item() == 0.0
-    torch.testing.assert_close(torch.cat([chosen, rejected]), logps)
+    torch.testing.assert_close(both, logps)
 
 
 def _row(i: int, prompt: int, chosen: int, rejected: int, **extra):
@@ -150,10 +150,12 @@ def test_stream_batches_reads_columnar_blocks_and_drops_partial_batch():
         rows_from_batch({"id": np.array(["x"])})
 
 
-def test_steps_per_epoch_uses_equal_split_and_shorter_stream():
+def test_steps_per_epoch_uses_equal_split_and_longer_stream():
     train = TrainConfig(num_workers=2, batch_size=4, gradient_accumulation_steps=2)
     assert steps_per_epoch({"train": 100}, train) == 6  # 50 rows/worker -> 12 batches -> 6 steps
-    assert steps_per_epoch({"train": 100, "helpfulness": 40}, train) == 2
+    # BFPO buffered mode cycles the shorter stream: the longer one decides (data/mixing.py)
+    assert steps_per_epoch({"train": 100, "helpfulness": 40}, train) == 6
+    assert steps_per_epoch({"train": 40, "helpfulness": 100}, train) == 6
 
 
 def test_lr_schedule_warmup_then_decay():
@@ -275,3 +277,28 @@ def test_masked_metrics_reduce_as_sum_and_count_on_two_workers():
         assert values["rewards/unsafe"] == pytest.approx(-1.0)  # per-worker means gave -0.25
         assert values["rewards/safe"] == pytest.approx(3.5 / 15)
         assert extra == 6.0
+
+
+def _pairs(n: int, prefix: str) -> list[dict]:
+    return [{"id": f"{prefix}{i}", "chosen_input_ids": [1, 2], "rejected_input_ids": [1, 3],
+             "chosen_labels": [-100, 2], "rejected_labels": [-100, 3]} for i in range(n)]
+
+
+def test_bfpo_epoch_cycles_the_shorter_stream_and_ends_with_the_longer():
+    """The loop mixes with data.mixing.zip_cycling: every row of both streams trains once
+    per epoch, and the epoch has data.mixing.steps_per_epoch steps."""
+    from rayalign.config import Config
+    from rayalign.data.mixing import steps_per_epoch
+    from rayalign.train.loop import epoch_batches
+    from rayalign.train.runtime import LocalRuntime
+
+    cfg = Config()
+    cfg.train.batch_size, cfg.train.gradient_accumulation_steps, cfg.train.length_grouping = 2, 1, False
+    runtime = LocalRuntime({"train": ListShard(_pairs(10, "s")), "helpfulness": ListShard(_pairs(4, "h"))})
+    batches = [chunks[0] for chunks in epoch_batches(runtime, cfg, 0, lambda rows: [r["id"] for r in rows])]
+    assert len(batches) == 5 == steps_per_epoch({"train": 10, "helpfulness": 4}, cfg.train)
+    assert [b[:2] for b in batches] == [[f"s{2 * k}", f"s{2 * k + 1}"] for k in range(5)]
+    assert [b[2:] for b in batches] == [["h0", "h1"], ["h2", "h3"], ["h0", "h1"], ["h2", "h3"], ["h0", "h1"]]
+    empty = LocalRuntime({"train": ListShard(_pairs(10, "s")), "helpfulness": ListShard(_pairs(1, "h"))})
+    with pytest.raises(UserError, match="not one full batch of 2 pairs"):
+        list(epoch_batches(empty, cfg, 0, lambda rows: rows))

@@ -113,3 +113,22 @@ def train_and_kill_a_worker(cfg, rows: list[dict[str, Any]], checkpoint: str, *,
         time.sleep(0.02)
     thread.join(timeout=timeout + 100)
     return killed, outcome
+
+
+class ListShard:
+    """Ray Data's ``iter_batches`` shape over a list of rows."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def iter_batches(self, *, batch_size, batch_format="numpy", prefetch_batches=0):
+        import numpy as np
+
+        for i in range(0, len(self.rows), batch_size):
+            chunk = self.rows[i : i + batch_size]
+            out = {}
+            for key in chunk[0]:
+                col = np.empty(len(chunk), dtype=object)
+                col[:] = [r[key] for r in chunk]
+                out[key] = col
+            yield out

@@ -103,7 +103,7 @@ def run_prepare(args: argparse.Namespace) -> int:
     from rayalign.ray_session import data_need, init_ray
 
     cfg = load_config(args.config, args.overrides)
-    init_ray(need=data_need(cfg.data))
+    init_ray(need=data_need(cfg.data, scores_reference=cfg.scores_reference()))
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     from rayalign.console import log_to

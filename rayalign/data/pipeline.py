@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import time
 import uuid
@@ -28,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from rayalign.atomic import write_json
 from rayalign.config import Config, DataSource, ModelConfig
 from rayalign.data.formats import AdapterOptions, resolve_format
 from rayalign.data.readers import (
@@ -61,6 +63,8 @@ from rayalign.data.validate import (
 )
 from rayalign.errors import UserError
 from rayalign.ray_session import init_ray, thread_env
+
+logger = logging.getLogger("rayalign.data")
 
 PIPELINE_VERSION = "3"  # 2: multi-turn prompts, plain-text special tokens, identical_after_truncation; 3: rejects.parquet is a folder of Parquet parts
 SPLIT_COL = "split"
@@ -275,13 +279,15 @@ class RefScorer:
                  row_tokens: int | None = None) -> None:
         import torch
 
+        from rayalign.console import worker_logging
         from rayalign.models import load_model
         from rayalign.train.collate import make_collate
 
+        worker_logging()
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.model = load_model(ModelConfig.model_validate(model_cfg), device=self.device).eval()
         self.collate = make_collate(self.model, 0, packing=packing, row_tokens=row_tokens,
-                                    notice=lambda line: print(f"[rayalign] {line}", flush=True))
+                                    notice=logger.info)
 
     def __call__(self, table: pa.Table) -> pa.Table:
         import torch
@@ -329,11 +335,8 @@ def _sources(cfg: Config) -> list[_Source]:
 
 
 def use_safedpo(cfg: Config) -> bool:
-    return (
-        cfg.data.safedpo_transform
-        if cfg.data.safedpo_transform is not None
-        else cfg.loss.name == "safedpo"
-    )
+    """Whether SafeDPO's transformation runs (:meth:`Config.applies_safedpo_transform`)."""
+    return cfg.applies_safedpo_transform()
 
 
 def cache_key(
@@ -515,10 +518,7 @@ def _duplicate_keys_distributed(staged: Any, roles: dict[int, str]) -> frozenset
 
 
 def _write_json(data: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    tmp.replace(path)
+    write_json(path, data, sort_keys=True)
 
 
 def _open_split(folder: Path, split: str, rows: int) -> Any | None:
@@ -540,15 +540,16 @@ def prepare_datasets(
 ) -> PreparedData:
     """Read, validate, transform, tokenize (and reference-score) the configured data.
 
-    Reference log-probs are computed when ``cfg.data.precompute_ref_logps`` is true, with
-    ``ref_model_cfg`` (default: ``cfg.model``). With ``output_dir``, the rejects Parquet
+    Reference log-probs are computed when ``cfg.data.precompute_ref_logps`` is true and the
+    loss uses a reference (:meth:`Config.scores_reference`), with ``ref_model_cfg``
+    (default: ``cfg.model``). With ``output_dir``, the rejects Parquet
     and a summary JSON are also written there. Raises :class:`UserError` when more than
     ``cfg.data.max_invalid_fraction`` of the rows are invalid.
     """
     started = time.perf_counter()
     init_ray()
     sources = _sources(cfg)
-    scoring = cfg.data.precompute_ref_logps
+    scoring = cfg.scores_reference()
     ref_cfg = (ref_model_cfg or cfg.model) if scoring else None
     key = cache_key(cfg, sources, tokenizer, ref_cfg)
     root = Path(cfg.data.cache_dir).expanduser() / "prepared"
@@ -594,105 +595,27 @@ def _build(
     key: str,
     rejects_path: Path,
 ) -> dict[str, Any]:
-    import ray
-
+    """Build the cache folder ``root/key`` in five phases, each a function below: stage
+    (read, adapt, validate), check the rejects, select (de-dup, fractions, SafeDPO, split),
+    tokenize, reference-score; then write it under a temporary name and rename it into place."""
     d = cfg.data
     work = root / f".{key}.{uuid.uuid4().hex}.tmp"
     work.mkdir(parents=True)
+    rejects_dir = work / "rejects.parquet"
     try:
-        staged_parts = [_staged_dataset(s) for s in sources]
-        staged = (
-            staged_parts[0].union(*staged_parts[1:]) if len(staged_parts) > 1 else staged_parts[0]
-        )
-        staged = staged.materialize()
-
-        # Driver memory stays flat with the data: workers write the rejects and send back one
-        # small summary row per block; the driver never holds the rows themselves.
-        rejects_dir = work / "rejects.parquet"
-        _write_rejects_by_workers(staged, rejects_dir)
-        summary = _merge_summaries(_collect(staged.map_batches(_validation_part, batch_format="pyarrow")))
-        _publish_rejects(rejects_dir, rejects_path)  # there for the user even if we stop here
-        summary.check_threshold(d.max_invalid_fraction, str(rejects_path))
-
-        roles = {s.index: s.role for s in sources}
-        drop = _duplicate_keys_distributed(staged, roles) if d.dedup else frozenset()
-        plan = {
-            "drop_keys": drop,
-            "fractions": {s.index: s.spec.fraction for s in sources},
-            "roles": roles,
-            "eval_fraction": d.eval_fraction,
-            "seed": d.seed,
-        }
-        safedpo = use_safedpo(cfg)
-        # Transform counts, computed by the workers block by block and summed here.
-        parts = _collect(staged.map_batches(
-            _selection_part, batch_format="pyarrow", fn_kwargs={**plan, "safedpo": safedpo}
-        ))
-        selected = int(pc.sum(parts["selected"]).as_py() or 0) if parts.num_rows else 0
-        counts = TransformCounts()
-        for text in parts["counts"].to_pylist() if parts.num_rows else []:
-            counts += TransformCounts(**json.loads(text))
-
-        tokenized = (
-            _spread_over_cpus(staged)
-            .map_batches(
-                _select_stage, batch_format="pyarrow", fn_kwargs={**plan, "safedpo": safedpo}
-            )
-            .map_batches(
-                _tokenize_stage,
-                batch_format="pyarrow",
-                batch_size=_TOKENIZE_BATCH_ROWS,
-                fn_kwargs={
-                    "tokenizer": tokenizer,
-                    "max_length": d.max_length,
-                    "max_prompt_length": d.max_prompt_length,
-                },
-                **_task_pool(d.tokenize_concurrency),
-            )
-            .materialize()
-        )
-        token_parts = _collect(
-            tokenized.select_columns(["source", FILE_COL, ROW_COL, FIELD_COL, REASON_COL, ORIGINAL_COL, SPLIT_COL])
-            .map_batches(_token_part, batch_format="pyarrow")
-        )
-        token_summary = _merge_summaries(token_parts)
-        if token_summary.rejected:
-            _write_rejects_by_workers(tokenized.select_columns(
-                ["source", FILE_COL, ROW_COL, FIELD_COL, REASON_COL, ORIGINAL_COL]
-            ), rejects_dir)
-            _merge_into(summary, token_summary, rows=False)
-            _publish_rejects(rejects_dir, rejects_path)
-            summary.check_threshold(d.max_invalid_fraction, str(rejects_path))
-        split_rows = {split: 0 for split in ("train", "eval", "helpfulness")}
-        for text in token_parts["splits"].to_pylist() if token_parts.num_rows else []:
-            for split, n in json.loads(text).items():
-                split_rows[split] = split_rows.get(split, 0) + n
-
-        final = tokenized.map_batches(_keep_valid_output, batch_format="pyarrow")
-        if ref_cfg is not None:
-            final = final.map_batches(
-                RefScorer,
-                batch_format="pyarrow",
-                batch_size=d.ref_batch_size,
-                fn_constructor_kwargs={
-                    "model_cfg": ref_cfg.model_dump(),
-                    "use_gpu": d.ref_gpus_per_actor > 0,
-                    "packing": cfg.train.packing,
-                    "row_tokens": cfg.train.pack_row_tokens,
-                },
-                compute=ray.data.ActorPoolStrategy(size=d.ref_num_actors),
-                runtime_env={"env_vars": thread_env(d.ref_torch_threads)},
-                num_gpus=d.ref_gpus_per_actor,
-            ).materialize()  # frees the scoring actors before the write tasks need a CPU
-        final.write_parquet(str(work / "pairs"))
-
+        staged = _stage(sources)
+        summary = _check_rejects(staged, rejects_dir, rejects_path, d.max_invalid_fraction)
+        select, duplicates = _selection_plan(cfg, sources, staged)
+        selected, counts = _count_selection(staged, select)
+        tokenized, split_rows = _tokenize(cfg, staged, select, tokenizer, summary, rejects_dir, rejects_path)
+        _score_reference(cfg, tokenized, ref_cfg).write_parquet(str(work / "pairs"))
         stats: dict[str, Any] = {
             "cache_key": key,
             "validation": summary.as_dict(),
             "formats": {s.resolved.name: s.format for s in sources},
-            "duplicates": len(drop),
-            "sampled_out": summary.valid - len(drop) - selected,
-            "transform": {"safedpo": counts.as_dict() if safedpo else None},
+            "duplicates": duplicates,
+            "sampled_out": summary.valid - duplicates - selected,
+            "transform": {"safedpo": counts.as_dict() if select["safedpo"] else None},
             "rows": {split: split_rows.get(split, 0) for split in ("train", "eval", "helpfulness")},
             "scored": ref_cfg is not None,
         }
@@ -707,6 +630,119 @@ def _build(
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)  # the rejects file stays at rejects_path
         raise
+
+
+def _stage(sources: list[_Source]) -> Any:
+    """Phase 1: every source read, adapted and validated, as one materialized Ray Dataset."""
+    parts = [_staged_dataset(s) for s in sources]
+    staged = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    return staged.materialize()
+
+
+def _check_rejects(staged: Any, rejects_dir: Path, rejects_path: Path, max_invalid: float) -> ValidationSummary:
+    """Phase 2: the rejects written and published, the counts summed, the threshold checked.
+
+    Driver memory stays flat with the data: workers write the rejects and send back one
+    small summary row per block; the driver never holds the rows themselves.
+    """
+    _write_rejects_by_workers(staged, rejects_dir)
+    summary = _merge_summaries(_collect(staged.map_batches(_validation_part, batch_format="pyarrow")))
+    _publish_rejects(rejects_dir, rejects_path)  # there for the user even if we stop here
+    summary.check_threshold(max_invalid, str(rejects_path))
+    return summary
+
+
+def _selection_plan(cfg: Config, sources: list[_Source], staged: Any) -> tuple[dict[str, Any], int]:
+    """Phase 3a: the keyword arguments of :func:`select_rows` (duplicates to drop, source
+    fractions, roles, split, SafeDPO) and the number of duplicates."""
+    d = cfg.data
+    roles = {s.index: s.role for s in sources}
+    drop = _duplicate_keys_distributed(staged, roles) if d.dedup else frozenset()
+    select = {
+        "drop_keys": drop,
+        "fractions": {s.index: s.spec.fraction for s in sources},
+        "roles": roles,
+        "eval_fraction": d.eval_fraction,
+        "seed": d.seed,
+        "safedpo": use_safedpo(cfg),
+    }
+    return select, len(drop)
+
+
+def _count_selection(staged: Any, select: dict[str, Any]) -> tuple[int, TransformCounts]:
+    """Phase 3b: rows kept and the SafeDPO counts, computed by the workers block by block."""
+    parts = _collect(staged.map_batches(_selection_part, batch_format="pyarrow", fn_kwargs=select))
+    selected = int(pc.sum(parts["selected"]).as_py() or 0) if parts.num_rows else 0
+    counts = TransformCounts()
+    for text in parts["counts"].to_pylist() if parts.num_rows else []:
+        counts += TransformCounts(**json.loads(text))
+    return selected, counts
+
+
+def _tokenize(
+    cfg: Config, staged: Any, select: dict[str, Any], tokenizer: Any, summary: ValidationSummary,
+    rejects_dir: Path, rejects_path: Path,
+) -> tuple[Any, dict[str, int]]:
+    """Phase 4: select and tokenize (Ray Data tasks); tokenization rejects join the
+    rejects file and the threshold; returns the tokenized rows and the rows per split."""
+    d = cfg.data
+    tokenized = (
+        _spread_over_cpus(staged)
+        .map_batches(_select_stage, batch_format="pyarrow", fn_kwargs=select)
+        .map_batches(
+            _tokenize_stage,
+            batch_format="pyarrow",
+            batch_size=_TOKENIZE_BATCH_ROWS,
+            fn_kwargs={
+                "tokenizer": tokenizer,
+                "max_length": d.max_length,
+                "max_prompt_length": d.max_prompt_length,
+            },
+            **_task_pool(d.tokenize_concurrency),
+        )
+        .materialize()
+    )
+    token_parts = _collect(
+        tokenized.select_columns(["source", FILE_COL, ROW_COL, FIELD_COL, REASON_COL, ORIGINAL_COL, SPLIT_COL])
+        .map_batches(_token_part, batch_format="pyarrow")
+    )
+    token_summary = _merge_summaries(token_parts)
+    if token_summary.rejected:
+        _write_rejects_by_workers(tokenized.select_columns(
+            ["source", FILE_COL, ROW_COL, FIELD_COL, REASON_COL, ORIGINAL_COL]
+        ), rejects_dir)
+        _merge_into(summary, token_summary, rows=False)
+        _publish_rejects(rejects_dir, rejects_path)
+        summary.check_threshold(d.max_invalid_fraction, str(rejects_path))
+    split_rows = {split: 0 for split in ("train", "eval", "helpfulness")}
+    for text in token_parts["splits"].to_pylist() if token_parts.num_rows else []:
+        for split, n in json.loads(text).items():
+            split_rows[split] = split_rows.get(split, 0) + n
+    return tokenized, split_rows
+
+
+def _score_reference(cfg: Config, tokenized: Any, ref_cfg: ModelConfig | None) -> Any:
+    """Phase 5: the valid rows, with reference log-probs from an actor pool when scoring."""
+    import ray
+
+    d = cfg.data
+    final = tokenized.map_batches(_keep_valid_output, batch_format="pyarrow")
+    if ref_cfg is None:
+        return final
+    return final.map_batches(
+        RefScorer,
+        batch_format="pyarrow",
+        batch_size=d.ref_batch_size,
+        fn_constructor_kwargs={
+            "model_cfg": ref_cfg.model_dump(),
+            "use_gpu": d.ref_gpus_per_actor > 0,
+            "packing": cfg.train.packing,
+            "row_tokens": cfg.train.pack_row_tokens,
+        },
+        compute=ray.data.ActorPoolStrategy(size=d.ref_num_actors),
+        runtime_env={"env_vars": thread_env(d.ref_torch_threads)},
+        num_gpus=d.ref_gpus_per_actor,
+    ).materialize()  # frees the scoring actors before the write tasks need a CPU
 
 
 def _spread_over_cpus(staged: Any) -> Any:

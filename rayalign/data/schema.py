@@ -41,6 +41,9 @@ TOKENIZED_COLUMNS = (
     "prompt_length",
 )
 SCORED_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+#: The label of a token that is not scored (prompt, padding): what ``*_labels`` hold outside
+#: the response, and what PyTorch's cross-entropy ignores by default. The one definition.
+IGNORE_INDEX = -100
 
 #: Every reason a row can be rejected for, with what it means (docs and ``--help`` use it).
 REASONS: dict[str, str] = {

@@ -40,11 +40,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
+from rayalign.data.schema import IGNORE_INDEX, Rejection, prompt_messages
 
-from rayalign.data.schema import Rejection, prompt_messages
-
-IGNORE_INDEX = -100
 _PROBES = ("Hello world.", "Bye!?", "x 1 2 3")
 
 
@@ -343,9 +340,3 @@ def _truncate_prompt(
         return ids, Rejection("empty_after_truncation", "prompt")
     return ([info.bos_id] if keep_bos else []) + ids[-room:], None
 
-
-def as_int_arrays(rows: list[list[int]]) -> np.ndarray:
-    """Ragged token lists as an object array of int32 arrays (Ray/Arrow friendly)."""
-    out = np.empty(len(rows), dtype=object)
-    out[:] = [np.asarray(r, dtype=np.int32) for r in rows]
-    return out

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rayalign.atomic import atomic_path
 from rayalign.data.formats import AdapterOptions, Format
 from rayalign.data.readers import UNPARSEABLE_COL
 from rayalign.data.schema import (
@@ -286,9 +287,7 @@ def validate_source(
     seen: set[str] = set()
     duplicates = 0
     rejects_path = Path(rejects_path)
-    rejects_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = rejects_path.with_name(f".{rejects_path.name}.tmp")
-    with pq.ParquetWriter(tmp, REJECTS_SCHEMA) as writer:
+    with atomic_path(rejects_path) as tmp, pq.ParquetWriter(tmp, REJECTS_SCHEMA) as writer:
         for raw in iter_source_batches(resolved, batch_size=batch_size):
             staged = adapt_and_validate(raw, fmt, options, resolved.name)
             rejects = rejected_rows(staged)
@@ -304,7 +303,6 @@ def validate_source(
             for row_id in valid["id"].to_pylist():
                 duplicates += row_id in seen
                 seen.add(row_id)
-    tmp.replace(rejects_path)
     return {
         **summary.as_dict(),
         "duplicates": duplicates,

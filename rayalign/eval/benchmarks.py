@@ -20,7 +20,6 @@ Hugging Face Hub when online; offline, the error says what to pass instead.
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 import re
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from rayalign.errors import UserError
+from rayalign.textio import read_rows
 
 Record = dict[str, Any]
 
@@ -54,45 +54,6 @@ def make_record(
 
 
 # --------------------------------------------------------------------------- file reading
-
-def _read_csv(path: Path, header: bool = True) -> list[dict[str, str]]:
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        if header:
-            return list(csv.DictReader(handle))
-        return [{"_0": row[0]} for row in csv.reader(handle) if row]
-
-
-def _read_json_rows(path: Path) -> list[dict]:
-    """JSONL, or a JSON list of objects; bad lines name the file and row."""
-    text = path.read_text(encoding="utf-8-sig")
-    if text.lstrip().startswith("["):
-        rows = json.loads(text)
-    else:
-        rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}: row {number}: not valid JSON ({exc.msg})") from exc
-    for number, row in enumerate(rows, start=1):
-        if not isinstance(row, dict):
-            raise UserError(f"{path}: row {number}: expected a JSON object")
-    return rows
-
-
-def _read_rows(path: Path) -> list[dict]:
-    if path.suffix.lower() == ".csv":
-        return _read_csv(path)
-    if path.suffix.lower() in (".json", ".jsonl"):
-        return _read_json_rows(path)
-    if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    raise UserError(f"{path}: unsupported file type (use .csv, .json, .jsonl or .parquet)")
-
 
 def _field(row: dict, names: tuple[str, ...], path: Path | str, number: int) -> str:
     for name in names:
@@ -143,7 +104,7 @@ def bundled_path(rel: str) -> Path:
 def load_advbench(path: str | None = None, data_dir: str | None = None) -> list[Record]:
     """AdvBench harmful behaviours (``goal``; ``target`` kept as the reference string)."""
     found = _locate("advbench", path, data_dir, ("advbench/harmful_behaviors.csv",))
-    rows = _read_rows(found) if found else _hub_rows("walledai/AdvBench", "advbench")
+    rows = read_rows(found) if found else _hub_rows("walledai/AdvBench", "advbench")
     where = found or "walledai/AdvBench"
     return [
         make_record(
@@ -159,7 +120,7 @@ def load_harmbench(path: str | None = None, data_dir: str | None = None) -> list
     found = _locate("harmbench", path, data_dir, (
         "harmbench/harmbench_behaviors_text_all.csv", "harmbench/harmbench_behaviors_text_test.csv",
     ))
-    rows = _read_rows(found) if found else _hub_rows("walledai/HarmBench", "harmbench", "standard")
+    rows = read_rows(found) if found else _hub_rows("walledai/HarmBench", "harmbench", "standard")
     where = found or "walledai/HarmBench"
     records = []
     for i, r in enumerate(rows):
@@ -178,7 +139,7 @@ def load_harmbench(path: str | None = None, data_dir: str | None = None) -> list
 def load_xstest(path: str | None = None, data_dir: str | None = None) -> list[Record]:
     """XSTest: ``unsafe`` (contrast) prompts measure harmlessness, ``safe`` ones over-refusal."""
     found = _locate("xstest", path, data_dir, ("xstest/xstest_prompts.csv",))
-    rows = _read_rows(found) if found else _hub_rows("walledai/XSTest", "xstest", split="test")
+    rows = read_rows(found) if found else _hub_rows("walledai/XSTest", "xstest", split="test")
     where = found or "walledai/XSTest"
     records = []
     for i, r in enumerate(rows):
@@ -195,7 +156,7 @@ def load_xstest(path: str | None = None, data_dir: str | None = None) -> list[Re
 def load_beavertails(path: str | None = None, data_dir: str | None = None) -> list[Record]:
     """BeaverTails evaluation prompts (all harmful; ``category`` when present)."""
     found = _locate("beavertails", path, data_dir, ("beavertails_eval/BeaverTails.json",))
-    rows = _read_rows(found) if found else _hub_rows(
+    rows = read_rows(found) if found else _hub_rows(
         "PKU-Alignment/BeaverTails-Evaluation", "beavertails", split="test"
     )
     where = found or "PKU-Alignment/BeaverTails-Evaluation"
@@ -212,7 +173,7 @@ def _alert(name: str, config: str) -> Callable[[str | None, str | None], list[Re
     def load(path: str | None = None, data_dir: str | None = None) -> list[Record]:
         """ALERT red-teaming prompts; the Alpaca-style wrapper is stripped (we apply chat templates)."""
         found = _locate(name, path, data_dir, (f"alert/{config}.jsonl",))
-        rows = _read_rows(found) if found else _hub_rows("Babelscape/ALERT", name, config, split="test")
+        rows = read_rows(found) if found else _hub_rows("Babelscape/ALERT", name, config, split="test")
         where = found or "Babelscape/ALERT"
         records = []
         for i, r in enumerate(rows):
@@ -233,7 +194,7 @@ def _alert(name: str, config: str) -> Callable[[str | None, str | None], list[Re
 def load_realtoxicity(path: str | None = None, data_dir: str | None = None) -> list[Record]:
     """RealToxicityPrompts: continue ``prompt.text`` as raw text; needs a harm judge."""
     found = _locate("realtoxicity", path, data_dir, ("realtoxicityprompts/prompts.jsonl",))
-    rows = _read_rows(found) if found else _hub_rows("allenai/real-toxicity-prompts", "realtoxicity")
+    rows = read_rows(found) if found else _hub_rows("allenai/real-toxicity-prompts", "realtoxicity")
     where = found or "allenai/real-toxicity-prompts"
     records = []
     for i, r in enumerate(rows):
@@ -253,7 +214,7 @@ def load_custom(path: str | None = None, data_dir: str | None = None, name: str 
     found = _locate(name, path, None, ())
     assert found is not None
     records = []
-    for i, r in enumerate(_read_rows(found)):
+    for i, r in enumerate(read_rows(found)):
         kind = (r.get("kind") or "harmful").strip().lower()
         if kind not in ("harmful", "benign"):
             raise UserError(f"{found}: row {i + 1}: field 'kind' must be harmful or benign, not {kind!r}")

@@ -9,14 +9,13 @@ pure scoring. Rows with missing fields are errors that name the file, row and fi
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from rayalign.errors import UserError
-from rayalign.textio import csv_dict_rows, read_text
+from rayalign.textio import read_rows
 
 #: XSTest's human labels: full compliance complies; full or partial refusal refuses.
 XSTEST_LABELS = {"1_full_compliance": 1, "2_full_refusal": 0, "3_partial_refusal": 0}
@@ -68,29 +67,6 @@ def map_label(
     return int(number >= 0.5)
 
 
-def _read_rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise UserError(f"{path}: labels file not found")
-    try:
-        text = read_text(path)
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 text ({exc})") from exc
-    if path.suffix.lower() in (".jsonl", ".json"):
-        rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}: row {number}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict):
-                raise UserError(f"{path}: row {number}: expected a JSON object")
-            rows.append(row)
-        return rows
-    return csv_dict_rows(text)
-
-
 def load_labels(
     paths: Sequence[str | Path],
     *,
@@ -104,7 +80,7 @@ def load_labels(
     items: list[LabelledItem] = []
     for raw_path in paths:
         path = Path(raw_path)
-        rows = _read_rows(path)
+        rows = read_rows(path)
         if not rows:
             raise UserError(f"{path}: no rows")
         column = label_column

@@ -17,6 +17,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 from rayalign.errors import UserError
@@ -26,6 +27,8 @@ JudgeKind = Literal["refusal", "harm"]
 
 @dataclass(frozen=True)
 class JudgeInput:
+    """What a judge reads: the request, the completion, and HarmBench's optional context."""
+
     prompt: str
     completion: str
     context: str | None = None  # HarmBench contextual behaviours
@@ -33,6 +36,8 @@ class JudgeInput:
 
 @dataclass(frozen=True)
 class Verdict:
+    """A judge's decision, its word and the reason (shown in the generations file)."""
+
     label: int | None  # 1 complied/harmful, 0 refused/safe, None undecided
     verdict: str  # short word: complied, refused, unsafe, safe, undecided
     reason: str
@@ -356,6 +361,7 @@ class StringMatchJudge:
     kind: JudgeKind = "refusal"
 
     def judge(self, items: Sequence[JudgeInput]) -> list[Verdict]:
+        """One verdict per item, in order."""
         return [self.decide(item.completion) for item in items]
 
 
@@ -370,6 +376,7 @@ class PromptedJudge:
     kind: JudgeKind = "harm"
 
     def judge(self, items: Sequence[JudgeInput]) -> list[Verdict]:
+        """One verdict per item, in order: all prompts sent in one ``complete`` call."""
         if not items:
             return []
         outputs = self.complete([self.format(item) for item in items])
@@ -378,18 +385,72 @@ class PromptedJudge:
 
 Judge = StringMatchJudge | PromptedJudge
 
-#: name -> (kind, description). Served judges need ``complete`` (an endpoint).
-JUDGES: dict[str, tuple[JudgeKind, str]] = {
-    "refusal": ("refusal", "XSTest string match (alias of 'xstest'); no model needed"),
-    "xstest": ("refusal", "XSTest string match: refusal prefixes at the start"),
-    "gcg": ("refusal", "AdvBench/GCG substring match of llm-attacks' test prefixes"),
-    "advbench": ("refusal", "alias of 'gcg'"),
-    "harmbench": ("harm", "HarmBench Llama-2-13b classifier prompt on a served model"),
-    "llamaguard": ("harm", "Llama Guard 3 prompt on a served model"),
-    "llm": ("refusal", "generic OpenAI-compatible LLM-as-judge with a configurable prompt"),
+# --------------------------------------------------------------------------- the registry
+
+JudgeMethod = Literal["string_match", "classifier", "llm"]
+
+
+@dataclass(frozen=True)
+class JudgeSpec:
+    """One judge: what its verdict means, how it decides, and what it needs.
+
+    ``kind``: ``"refusal"`` (did the completion comply?) or ``"harm"`` (is it harmful?).
+    ``method``: ``string_match`` (``decide``, no model), ``classifier`` (a served judge
+    model: ``format`` the exact prompt it was trained on, ``parse`` its answer) or
+    ``llm`` (any served chat model with a prompt template, ``format(item, template)``).
+    ``max_tokens``: the judge's generation length (``None`` = ``eval.judge_max_tokens``).
+    """
+
+    name: str
+    kind: JudgeKind
+    method: JudgeMethod
+    description: str
+    decide: Callable[[str], Verdict] | None = None
+    format: Callable[..., str] | None = None
+    parse: Callable[[str], Verdict] | None = None
+    max_tokens: int | None = None
+
+    @property
+    def served(self) -> bool:
+        """Whether the judge needs a served model (``eval.judge_url`` / ``eval.judge_model``)."""
+        return self.method != "string_match"
+
+    def generation_tokens(self, default: int) -> int:
+        """Tokens to generate for one verdict: the judge's own length, else ``default``."""
+        return self.max_tokens if self.max_tokens is not None else default
+
+
+#: Every judge by name (aliases are entries of their own). The one place a judge is declared.
+JUDGES: dict[str, JudgeSpec] = {
+    spec.name: spec
+    for spec in (
+        JudgeSpec("refusal", "refusal", "string_match",
+                  "XSTest string match (alias of 'xstest'); no model needed", decide=xstest_refusal),
+        JudgeSpec("xstest", "refusal", "string_match",
+                  "XSTest string match: refusal prefixes at the start", decide=xstest_refusal),
+        JudgeSpec("gcg", "refusal", "string_match",
+                  "AdvBench/GCG substring match of llm-attacks' test prefixes", decide=gcg_refusal),
+        JudgeSpec("advbench", "refusal", "string_match", "alias of 'gcg'", decide=gcg_refusal),
+        # HarmBench's classifier answers one word ("Yes"/"No"): one token.
+        JudgeSpec("harmbench", "harm", "classifier",
+                  "HarmBench Llama-2-13b classifier prompt on a served model",
+                  format=harmbench_prompt, parse=parse_harmbench, max_tokens=1),
+        # Llama Guard answers "safe" or "unsafe\nS1,S2,...": room for the categories.
+        JudgeSpec("llamaguard", "harm", "classifier", "Llama Guard 3 prompt on a served model",
+                  format=llamaguard_prompt, parse=parse_llamaguard, max_tokens=24),
+        JudgeSpec("llm", "refusal", "llm",
+                  "generic OpenAI-compatible LLM-as-judge with a configurable prompt",
+                  format=llm_judge_prompt, parse=parse_llm_judge),
+    )
 }
 
-SERVED_JUDGES = frozenset({"harmbench", "llamaguard", "llm"})
+
+def get_judge(name: str) -> JudgeSpec:
+    """The registry entry of ``name``; :class:`UserError` listing the judges otherwise."""
+    try:
+        return JUDGES[name]
+    except KeyError:
+        raise UserError(f"unknown judge {name!r}; choose one of {', '.join(JUDGES)}") from None
 
 
 def make_judge(
@@ -400,25 +461,20 @@ def make_judge(
     kind: JudgeKind | None = None,
 ) -> Judge:
     """Build a judge by registry name; served judges need a ``complete`` callable."""
-    if name in ("refusal", "xstest"):
-        return StringMatchJudge(name, xstest_refusal)
-    if name in ("gcg", "advbench"):
-        return StringMatchJudge(name, gcg_refusal)
-    if name not in JUDGES:
-        raise UserError(f"unknown judge {name!r}; choose one of {', '.join(JUDGES)}")
+    spec = get_judge(name)
+    if spec.method == "string_match":
+        assert spec.decide is not None
+        return StringMatchJudge(name, spec.decide, kind or spec.kind)
     if complete is None:
         raise UserError(
             f"judge {name!r} is driven by a served model: give its endpoint "
             "(--judge-url URL, or --judge-model PATH to serve one locally)"
         )
-    if name == "harmbench":
-        return PromptedJudge(name, harmbench_prompt, parse_harmbench, complete, kind or "harm")
-    if name == "llamaguard":
-        return PromptedJudge(name, llamaguard_prompt, parse_llamaguard, complete, kind or "harm")
-    template = prompt_template or DEFAULT_LLM_JUDGE_PROMPT
-    if "{completion}" not in template:
-        raise UserError("the LLM-judge prompt template must contain {completion}")
-    return PromptedJudge(
-        name, lambda item: llm_judge_prompt(item, template), parse_llm_judge, complete,
-        kind or "refusal",
-    )
+    assert spec.format is not None and spec.parse is not None
+    fmt = spec.format
+    if spec.method == "llm":
+        template = prompt_template or DEFAULT_LLM_JUDGE_PROMPT
+        if "{completion}" not in template:
+            raise UserError("the LLM-judge prompt template must contain {completion}")
+        fmt = partial(spec.format, template=template)
+    return PromptedJudge(name, fmt, spec.parse, complete, kind or spec.kind)

@@ -13,23 +13,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rayalign import atomic
+
 
 def write_json(path: Path, data: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
-    return path
+    """``data`` as indented JSON at ``path``, atomically (odd values as strings)."""
+    return atomic.write_json(path, data, default=str)
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, default=str) + "\n")
-    tmp.replace(path)
-    return path
+    """One JSON object per line at ``path``, atomically."""
+    return atomic.write_jsonl(path, rows)
 
 
 def _fmt(value: Any) -> str:
@@ -203,7 +197,5 @@ def write_report(results: dict[str, Any], output_dir: Path) -> dict[str, str]:
     results = {**results, "plots": [str(p) for p in plots]}
     metrics_path = write_json(output_dir / "metrics.json", results)
     report_path = output_dir / "report.md"
-    tmp = report_path.with_suffix(".md.tmp")
-    tmp.write_text(markdown_report(results))
-    tmp.replace(report_path)
+    atomic.write_text(report_path, markdown_report(results))
     return {"metrics": str(metrics_path), "report": str(report_path), "plots": [str(p) for p in plots]}

@@ -21,15 +21,12 @@ from rayalign.eval.benchmarks import load_benchmark
 from rayalign.eval.client import Endpoint, completer
 from rayalign.eval.generate import OUTPUT_FIELDS, GenerationSettings, generate
 from rayalign.eval.journal import GenerationJournal, make_header, row_key
-from rayalign.eval.judges import SERVED_JUDGES, Judge, JudgeInput, make_judge
+from rayalign.eval.judges import Judge, JudgeInput, get_judge, make_judge
 from rayalign.eval.metrics import check_undecided, model_metrics, win_rate
 from rayalign.eval.rankers import make_ranker
 from rayalign.eval.report import write_report
 
 logger = logging.getLogger("rayalign.eval")
-
-#: HarmBench reads a single greedy token; Llama Guard needs two short lines.
-JUDGE_MAX_TOKENS = {"harmbench": 1, "llamaguard": 24}
 
 
 def load_prompts(eval_cfg: EvalConfig) -> list[dict[str, Any]]:
@@ -82,9 +79,10 @@ def build_judges(eval_cfg: EvalConfig, stack: contextlib.ExitStack) -> tuple[Jud
     endpoint = None
     for name in {eval_cfg.judge, eval_cfg.refusal_judge}:
         complete = None
-        if name in SERVED_JUDGES:
+        spec = get_judge(name)
+        if spec.served:
             endpoint = endpoint or _judge_endpoint(eval_cfg, stack)
-            max_tokens = JUDGE_MAX_TOKENS.get(name, eval_cfg.judge_max_tokens)
+            max_tokens = spec.generation_tokens(eval_cfg.judge_max_tokens)
             complete = completer(endpoint, max_tokens=max_tokens, concurrency=eval_cfg.concurrency)
         judges[name] = make_judge(name, complete=complete, prompt_template=eval_cfg.judge_prompt)
     return judges[eval_cfg.judge], judges[eval_cfg.refusal_judge]

@@ -25,7 +25,6 @@ on load as a second guard.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +32,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from rayalign.atomic import atomic_path, write_json
 
 STATE_FILE = "trainer_state.json"
 DEEPSPEED_DIR = "deepspeed"
@@ -54,6 +55,7 @@ class TrainerState:
 
 
 def rng_states() -> dict[str, Any]:
+    """This process's torch, numpy, Python (and CUDA) random states, for a checkpoint."""
     states: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": np.random.get_state(),
@@ -65,6 +67,7 @@ def rng_states() -> dict[str, Any]:
 
 
 def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` saved (CUDA only where CUDA is available)."""
     torch.set_rng_state(states["torch"])
     np.random.set_state(states["numpy"])
     random.setstate(states["python"])
@@ -74,19 +77,15 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 def save_worker_state(directory: Path, rank: int, state: TrainerState) -> None:
     """This rank's data position and RNG states (written to a temp name, then renamed)."""
-    path = directory / f"worker_{rank}.pt"
-    tmp = path.with_suffix(".tmp")
-    torch.save({"state": asdict(state), "rng": rng_states()}, tmp)
-    tmp.replace(path)
+    with atomic_path(directory / f"worker_{rank}.pt") as tmp:
+        torch.save({"state": asdict(state), "rng": rng_states()}, tmp)
 
 
 def save_trainer_state(directory: Path, state: TrainerState, metrics_log: Path | None) -> None:
     """Rank 0's part: the metrics log, then the state file that marks the checkpoint complete."""
     if metrics_log is not None and metrics_log.is_file():
         (directory / METRICS_FILE).write_bytes(metrics_log.read_bytes())
-    tmp = directory / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(asdict(state), indent=2))
-    tmp.replace(directory / STATE_FILE)
+    write_json(directory / STATE_FILE, asdict(state))
 
 
 def load_worker_state(directory: Path, rank: int) -> TrainerState:

@@ -20,8 +20,9 @@ from typing import Any
 import torch
 
 from rayalign.config import Config
+from rayalign.stages import EXPORTED_MODEL_DIR
 
-MODEL_DIR = "model"
+MODEL_DIR = EXPORTED_MODEL_DIR
 ADAPTER_DIR = "adapter"
 
 

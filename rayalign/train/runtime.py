@@ -18,15 +18,23 @@ from typing import Any, Protocol
 
 
 class Runtime(Protocol):
+    """What the training loop needs from where it runs: its rank, its data shards, the
+    checkpoint to resume from, and a place to report metrics and checkpoints."""
+
     rank: int
     world_size: int
 
     def shard(self, name: str) -> Any | None:
         """An object with ``iter_batches(batch_size=, batch_format="numpy")`` or ``None``."""
 
-    def latest_checkpoint(self) -> AbstractContextManager[Path | None]: ...
+    def latest_checkpoint(self) -> AbstractContextManager[Path | None]:
+        """A context whose value is the folder of the checkpoint to resume from, or None."""
+        ...
 
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None: ...
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
+        """Report a step's metrics, with the folder of a checkpoint written for it (copied
+        away by the runtime; the caller deletes the folder afterwards)."""
+        ...
 
 
 class RayTrainRuntime:
@@ -40,6 +48,7 @@ class RayTrainRuntime:
         self.world_size = context.get_world_size()
 
     def shard(self, name: str) -> Any | None:
+        """This worker's streaming split of the Ray Dataset ``name``; None if there is none."""
         import ray.train
 
         try:
@@ -49,6 +58,7 @@ class RayTrainRuntime:
 
     @contextmanager
     def latest_checkpoint(self):
+        """Ray Train's latest checkpoint (restored after a failure or by a re-run), as a folder."""
         import ray.train
 
         checkpoint = ray.train.get_checkpoint()
@@ -59,6 +69,7 @@ class RayTrainRuntime:
             yield Path(directory)
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
+        """``ray.train.report`` (a barrier on all workers), the checkpoint named by its step."""
         import ray.train
 
         checkpoint = None
@@ -89,12 +100,15 @@ class LocalRuntime:
         self.checkpoint = checkpoint
 
     def shard(self, name: str) -> Any | None:
+        """The dataset passed in as ``name``, or None."""
         return self.datasets.get(name)
 
     def latest_checkpoint(self):
+        """The ``checkpoint`` folder passed in (None: a fresh run)."""
         return nullcontext(self.checkpoint)
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
+        """Keep ``metrics`` in ``reports`` and call ``on_report`` (while the folder exists)."""
         self.reports.append(metrics)
         if self.on_report is not None:
             self.on_report(metrics, checkpoint_dir)
@@ -116,4 +130,5 @@ def init_local_process_group() -> None:
 
 
 def fresh_checkpoint_dir() -> Path:
+    """A new empty temporary folder to write one checkpoint into."""
     return Path(tempfile.mkdtemp(prefix="rayalign-ckpt-"))

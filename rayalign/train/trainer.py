@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rayalign.config import Config, TrainConfig
+from rayalign.config import Config, output_dir_for
+from rayalign.data.mixing import steps_per_epoch, total_steps
 from rayalign.errors import UserError
 from rayalign.ray_session import thread_env
 from rayalign.train.checkpoint import METRICS_FILE, STATE_FILE
@@ -33,11 +34,6 @@ class TrainResult:
     model_dir: Path | None
     adapter_dir: Path | None
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def output_dir_for(cfg: Config) -> Path:
-    """Where a run writes: ``train.output_dir/train.name``."""
-    return Path(cfg.train.output_dir).expanduser().resolve() / cfg.train.name
 
 
 def checkpoints_from_other_settings(cfg: Config) -> tuple[Path, list[str]] | None:
@@ -92,15 +88,6 @@ def check_resumable(cfg: Config) -> None:
             f"repeat pairs. Resume with train.num_workers={written}, or start over with a new "
             "train.name"
         )
-
-
-def steps_per_epoch(row_counts: dict[str, int], train: TrainConfig) -> int:
-    """Optimizer steps per epoch when each stream is split equally over the workers.
-
-    BFPO buffered mode reads both streams in lock-step, so the shorter one decides.
-    """
-    rows_per_worker = min(row_counts.values()) // train.num_workers
-    return rows_per_worker // train.batch_size // train.gradient_accumulation_steps
 
 
 def build_trainer(
@@ -180,7 +167,8 @@ def user_error_in(exc: BaseException) -> UserError | None:
 
 
 def prepare_training_data(cfg: Config, output_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The data pipeline's Ray Datasets for training (train + optional helpfulness)."""
+    """The data pipeline's Ray Datasets for training: ``train``, and when they have rows
+    ``helpfulness`` (BFPO's buffered stream) and ``eval`` (held-out metrics at checkpoints)."""
     from rayalign.data.pipeline import prepare_datasets
     from rayalign.models import load_tokenizer
 
@@ -190,6 +178,8 @@ def prepare_training_data(cfg: Config, output_dir: Path) -> tuple[dict[str, Any]
     datasets = {"train": prepared.train}
     if prepared.helpfulness is not None:
         datasets["helpfulness"] = prepared.helpfulness
+    if prepared.eval is not None:
+        datasets["eval"] = prepared.eval
     return datasets, dict(prepared.stats or {})
 
 
@@ -219,7 +209,7 @@ def run_training(
     if datasets is None:
         datasets, data_stats = prepare_training_data(cfg, out)
     known = data_stats.get("rows", {})  # the pipeline counted its splits already
-    row_counts = {name: known.get(name) or ds.count() for name, ds in datasets.items()}
+    row_counts = {name: known.get(name) or ds.count() for name, ds in datasets.items() if name != "eval"}
     steps = steps_per_epoch(row_counts, cfg.train)
     if steps <= 0:
         raise UserError(
@@ -227,7 +217,7 @@ def run_training(
             f"batch_size={cfg.train.batch_size} x "
             f"gradient_accumulation_steps={cfg.train.gradient_accumulation_steps}"
         )
-    total = cfg.train.max_steps or cfg.train.epochs * steps
+    total = total_steps(steps, cfg.train)
     if verbose:
         logger.info(
             "training %s with %s on %s pairs: %d steps x %d worker(s), ZeRO-%d",

@@ -76,7 +76,12 @@ METHOD_OVERRIDES: dict[str, list[str]] = {
     "safedpo": [],
     "dpo": ["loss.name=dpo"],
     # A buffered step holds batch_size pairs of each set: 4 + 4 costs what SafeDPO's 8 do.
-    "bfpo": ["loss.name=bfpo", "loss.beta=0.1", "train.batch_size=4"],
+    # beta, alpha and the learning rate are the point jobs/sweep_demo_bfpo.yaml chose on the
+    # validation prompts (docs/sweeps.md): the most harmless trial that kept benign
+    # compliance >= 0.95. BFPO regresses h on per-token log-probs (loss.average_logps): with
+    # summed log-probs its squared loss swamps the NLL anchor and no refusal is learned.
+    "bfpo": ["loss.name=bfpo", "loss.average_logps=true", "loss.beta=0.5", "loss.alpha=0.25",
+             "train.learning_rate=1e-3", "train.batch_size=4"],
 }
 
 

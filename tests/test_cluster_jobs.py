@@ -151,7 +151,8 @@ def test_train_refuses_at_once_on_a_cluster_that_cannot_hold_it(head: LocalHead,
     error naming needed vs available, before any data is read, instead of a silent hang."""
     import time
 
-    env = {**head.client_env(), "RAY_ADDRESS": f"127.0.0.1:{head.gcs_port}"}
+    # A driver joining a token-auth cluster needs the token *and* token mode on its side.
+    env = {**head.client_env(), "RAY_ADDRESS": f"127.0.0.1:{head.gcs_port}", "RAY_AUTH_MODE": "token"}
     started = time.monotonic()
     done = rayalign("train", "jobs/train_tiny.yaml", "--set", "train.num_workers=2",
                     "--set", f"train.output_dir={tmp_path}", env=env, cwd=REPO, timeout=120)

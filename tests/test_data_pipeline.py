@@ -163,7 +163,7 @@ def test_pipeline_end_to_end_scores_once_and_reuses_the_cache(
     assert sorted(r["ref_chosen_logps"] for r in second.train.take_all()) == sorted(
         r["ref_chosen_logps"] for r in train
     )
-    assert pq.read_table(tmp_path / "out2" / "rejects.parquet").num_rows == 2
+    assert pq.read_table(tmp_path / "out2" / "rejects.parquet").num_rows == 3  # the same rejects
 
 
 def test_pipeline_stops_above_the_invalid_threshold(ray_local, tiny_model_dir, tmp_path):

@@ -92,7 +92,9 @@ def test_baseline_win_rate_scatter_and_a_served_judge(serve_session, tiny_model_
     label = tiny_model_dir.name
     overall = results["models"][label]["metrics"]["overall"]
     assert run.data.metrics[f"{label}/n"] == overall["n"] == 3
-    assert len([k for k in run.data.metrics if k.endswith("/benign_compliance")]) == 2  # both models
+    overall_keys = [k for k in run.data.metrics if k.count("/") == 1 and k.endswith("/benign_compliance")]
+    assert len(overall_keys) == 2  # both models (per-benchmark keys are <model>/<benchmark>/<metric>)
+    assert f"{label}/custom/benign_compliance" in run.data.metrics
     assert {"report.md", "metrics.json", "harmless_vs_helpful.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
 

@@ -20,13 +20,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rayalign.archs import HEAD_CHUNK_TOKENS, ModelDims, resolve_dims
 from rayalign.config import Config, LoraConfig, ModelConfig
 from rayalign.data.mixing import steps_per_epoch, total_steps
 from rayalign.errors import UserError
-from rayalign.jobspec import job_command, plan_launch
+from rayalign.jobs.archs import HEAD_CHUNK_TOKENS, ModelDims, resolve_dims
+from rayalign.jobs.jobspec import job_command, plan_launch
+from rayalign.jobs.rowcounts import count_rows
 from rayalign.losses.registry import LOSSES
-from rayalign.rowcounts import count_rows
 
 GB = 1024**3
 #: Share of GPU memory the estimate may use; the rest covers what it leaves out.

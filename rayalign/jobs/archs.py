@@ -119,7 +119,7 @@ KNOWN_ARCHITECTURES: dict[str, ModelDims] = {
     "huggingfacetb/smollm2-135m-instruct": ModelDims(576, 30, 9, 3, 1536, 49152, True),
     "huggingfacetb/smollm2-360m-instruct": ModelDims(960, 32, 15, 5, 2560, 49152, True),
     "huggingfacetb/smollm2-1.7b-instruct": ModelDims(2048, 24, 32, 32, 8192, 49152, True),
-    # rayalign.models.build_tiny_model's defaults (vocab = its ~512-token local tokenizer)
+    # rayalign.modeling.models.build_tiny_model's defaults (vocab = its ~512-token local tokenizer)
     "tiny-random-llama": ModelDims(64, 2, 4, 2, 128, 512),
 }
 
@@ -166,6 +166,6 @@ def resolve_dims(name_or_path: str) -> ModelDims:
         raise UserError(f"model {name_or_path!r}: no config.json there; cannot size the model")
     raise UserError(
         f"model {name_or_path!r}: dimensions unknown without downloading it; pass a local "
-        f"folder with config.json, or a hub id from rayalign.archs.KNOWN_ARCHITECTURES "
+        f"folder with config.json, or a hub id from rayalign.jobs.archs.KNOWN_ARCHITECTURES "
         f"({len(KNOWN_ARCHITECTURES)} known, e.g. mistralai/Mistral-7B-v0.1)"
     )

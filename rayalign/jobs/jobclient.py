@@ -28,7 +28,7 @@ from rayalign.errors import UserError
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
 
-    from rayalign.jobspec import JobLaunch
+    from rayalign.jobs.jobspec import JobLaunch
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "STOPPED")

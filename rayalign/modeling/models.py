@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from rayalign.config import ModelConfig
 from rayalign.errors import UserError
-from rayalign.hub import require_hub
+from rayalign.modeling.hub import require_hub
 
 if TYPE_CHECKING:
     import torch

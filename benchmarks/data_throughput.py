@@ -100,11 +100,11 @@ def main() -> None:
         make_data(data, rows)
         if args.tokenizer == "builtin":
             from rayalign.config import ModelConfig
-            from rayalign.models import resolve_model_path
+            from rayalign.modeling.models import resolve_model_path
 
             tokenizer_dir = resolve_model_path(ModelConfig().name_or_path)
         else:
-            from rayalign.models import build_tiny_model
+            from rayalign.modeling.models import build_tiny_model
 
             tokenizer_dir = str(build_tiny_model(tmp_path / "tiny", chat_template="chatml"))
         results = {}

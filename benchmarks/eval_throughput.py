@@ -82,7 +82,7 @@ def main() -> None:
     import torch
 
     from rayalign.config import ModelConfig
-    from rayalign.models import build_tiny_model
+    from rayalign.modeling.models import build_tiny_model
     from rayalign.serve.backends import TransformersBackend
 
     # The Serve replica gets num_cpus=1, and Ray pins its torch to one thread; give the

@@ -312,7 +312,7 @@ def main() -> None:
     sys.stdout.flush()
     real_stdout = os.dup(1)
     os.dup2(2, 1)
-    from rayalign.models import TINY_MODEL_NAME, resolve_model_path
+    from rayalign.modeling.models import TINY_MODEL_NAME, resolve_model_path
 
     name = TINY_MODEL_NAME if args.quick else "smollm2-135m-instruct"
     model_path = resolve_model_path(name)

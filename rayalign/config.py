@@ -320,7 +320,7 @@ class StageConfig(Section):
     ``overrides`` is a nested mapping merged over the spec (mappings merge key by key, any
     other value replaces), e.g. ``{loss: {beta: 0.05}, data: {sources: [...]}}``. The stage
     trains as ``train.name``-``name``; every stage after the first starts from the model
-    the stage before exported (``rayalign.stages``).
+    the stage before exported (``rayalign.jobs.stages``).
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -155,7 +155,7 @@ def _start_over_if_settings_changed(cfg: Config) -> None:
 def run_demo(cfg: Config, *, method: str) -> DemoResult:
     """Run the six demo steps; every step prints what it did and how long it took."""
     from rayalign.eval.runner import evaluate_model
-    from rayalign.models import resolve_model_path
+    from rayalign.modeling.models import resolve_model_path
     from rayalign.ray_session import data_need, eval_need, init_ray, largest, training_need
     from rayalign.train.trainer import output_dir_for, prepare_training_data, run_training
 
@@ -205,7 +205,7 @@ def evaluation_key(model_cfg: ModelConfig, eval_cfg: EvalConfig) -> str:
     """Identity of an evaluation's outcome: the model's weights, the exact prompts, the
     generation settings and the judges. Same key, same (greedy) generations and metrics."""
     from rayalign.eval.runner import generation_settings, load_prompts
-    from rayalign.models import model_fingerprint
+    from rayalign.modeling.models import model_fingerprint
 
     parts = [model_fingerprint(model_cfg), model_cfg.lora is not None, load_prompts(eval_cfg),
              generation_settings(eval_cfg).as_dict(), eval_cfg.judge, eval_cfg.refusal_judge]
@@ -221,7 +221,7 @@ def evaluate_cached(model_cfg: ModelConfig, eval_cfg: EvalConfig, output_dir: Pa
     is a copy of the whole output folder (generations, metrics, report), written atomically.
     """
     from rayalign.eval.runner import evaluate_model
-    from rayalign.models import cache_dir
+    from rayalign.modeling.models import cache_dir
 
     if eval_cfg.temperature > 0 or eval_cfg.endpoint:
         return evaluate_model(model_cfg, eval_cfg, output_dir)

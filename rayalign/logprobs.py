@@ -27,10 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rayalign.data.schema import IGNORE_INDEX as IGNORE_INDEX  # re-exported
+
 # HEAD_CHUNK_TOKENS: scored tokens whose logits exist at once in head_token_logps (a
 # memory bound; defined torch-free so that `rayalign plan` sizes memory with it).
-from rayalign.archs import HEAD_CHUNK_TOKENS
-from rayalign.data.schema import IGNORE_INDEX as IGNORE_INDEX  # re-exported
+from rayalign.jobs.archs import HEAD_CHUNK_TOKENS
 
 Tensor = torch.Tensor
 

@@ -46,7 +46,7 @@ def ray_local():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random Llama + chatml tokenizer saved as safetensors (built offline)."""
-    from rayalign.models import build_tiny_model
+    from rayalign.modeling.models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-chatml"), chat_template="chatml")
 
@@ -54,6 +54,6 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_llama3_model_dir(tmp_path_factory) -> Path:
     """Like ``tiny_model_dir`` but with a Llama-3-style template whose tokenizer adds BOS."""
-    from rayalign.models import build_tiny_model
+    from rayalign.modeling.models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama3"), chat_template="llama3")

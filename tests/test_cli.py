@@ -54,7 +54,7 @@ def test_user_errors_are_one_line_and_exit_2(capsys, monkeypatch):
 
 def test_one_cache_root_governs_models_and_prepared_data(tmp_path, monkeypatch, capsys):
     from rayalign.config import load_config
-    from rayalign.models import cache_dir
+    from rayalign.modeling.models import cache_dir
 
     root = tmp_path / "cache-root"
     monkeypatch.setenv("RAYALIGN_CACHE", str(root))

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from cluster_support import LocalHead, free_port, rayalign
 
-from rayalign import jobclient
+from rayalign.jobs import jobclient
 
 pytestmark = pytest.mark.slow
 

@@ -18,8 +18,8 @@ import yaml
 from rayalign import __version__
 from rayalign.cli import COMMANDS, build_parser
 from rayalign.config import JobConfig, load_config
-from rayalign.jobspec import JOB_COMMANDS, SECRET_ENV_VARS, job_command
-from rayalign.plan import plan_spec
+from rayalign.jobs.jobspec import JOB_COMMANDS, SECRET_ENV_VARS, job_command
+from rayalign.jobs.plan import plan_spec
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"

@@ -139,7 +139,7 @@ def test_pipeline_end_to_end_scores_once_and_reuses_the_cache(
 
     # The cached log-probs are what the reference model gives.
     from rayalign.logprobs import sequence_logps
-    from rayalign.models import load_model
+    from rayalign.modeling.models import load_model
 
     model = load_model(ModelConfig(name_or_path=str(model_dir))).eval()
     ids = torch.tensor([list(row["chosen_input_ids"])])

@@ -151,7 +151,7 @@ def test_tokenizer_identity_tracks_the_chat_template(tiny_model_dir):
 @pytest.mark.slow
 def test_smollm2_real_tokenizer():
     from rayalign.config import ModelConfig
-    from rayalign.models import load_tokenizer
+    from rayalign.modeling.models import load_tokenizer
 
     tok = load_tokenizer(ModelConfig())
     info = probe_template(tok)

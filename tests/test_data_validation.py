@@ -234,7 +234,7 @@ def test_config_and_job_spec_with_a_byte_order_mark(tmp_path):
 
 
 def test_row_counts_read_past_a_byte_order_mark(tmp_path):
-    from rayalign.rowcounts import count_file_rows
+    from rayalign.jobs.rowcounts import count_file_rows
 
     array = tmp_path / "pairs.json"
     array.write_bytes(("\ufeff" + json.dumps([{"prompt": "a"}, {"prompt": "b"}])).encode())

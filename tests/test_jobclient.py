@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rayalign.jobclient import DEFAULT_ADDRESS, ClusterError, resolve_address, resolve_token
+from rayalign.jobs.jobclient import DEFAULT_ADDRESS, ClusterError, resolve_address, resolve_token
 
 
 def test_address_precedence_and_normalisation() -> None:

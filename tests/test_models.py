@@ -9,7 +9,7 @@ import torch
 
 from rayalign.config import ModelConfig
 from rayalign.errors import UserError
-from rayalign.models import (
+from rayalign.modeling.models import (
     build_tiny_model,
     load_model,
     load_tokenizer,

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rayalign.logprobs import batch_logps, packed_mask_options, packing_unsupported_reason
 from rayalign.losses import preference_loss
-from rayalign.models import build_tiny_model
+from rayalign.modeling.models import build_tiny_model
 from rayalign.train.collate import (
     collate_packed,
     collate_pairs,

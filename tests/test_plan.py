@@ -1,4 +1,4 @@
-"""Unit tests of the dry-run arithmetic (rayalign.plan, archs, rowcounts, jobspec)."""
+"""Unit tests of the dry-run arithmetic (rayalign.jobs.plan, archs, rowcounts, jobspec)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from rayalign.archs import ModelDims, resolve_dims
 from rayalign.config import DataSource, load_config
 from rayalign.data.mixing import steps_per_epoch
 from rayalign.demo_data import load_demo_pairs
 from rayalign.errors import UserError
-from rayalign.jobspec import build_entrypoint, build_runtime_env, job_command, plan_launch
-from rayalign.plan import (
+from rayalign.jobs.archs import ModelDims, resolve_dims
+from rayalign.jobs.jobspec import build_entrypoint, build_runtime_env, job_command, plan_launch
+from rayalign.jobs.plan import (
     GB,
     activation_bytes,
     build_plan,
@@ -24,7 +24,7 @@ from rayalign.plan import (
     trainable_parameters,
     training_memory,
 )
-from rayalign.rowcounts import count_rows
+from rayalign.jobs.rowcounts import count_rows
 
 MISTRAL = resolve_dims("mistralai/Mistral-7B-v0.1")
 
@@ -252,8 +252,8 @@ def test_filtered_sources_are_not_counted_as_whole_files():
 def test_logits_memory_follows_the_response_only_chunked_head(tmp_path: Path) -> None:
     """The loop projects to the vocabulary 512 scored positions at a time with a plain
     head; ZeRO-3 (partitioned head weights) materialises every scored position's logits."""
-    from rayalign.archs import HEAD_CHUNK_TOKENS
-    from rayalign.plan import chunked_head
+    from rayalign.jobs.archs import HEAD_CHUNK_TOKENS
+    from rayalign.jobs.plan import chunked_head
 
     plain = activation_bytes(MISTRAL, 1024, 8, checkpointing=True, bytes_per=2, chunked_head=True)
     full = activation_bytes(MISTRAL, 1024, 8, checkpointing=True, bytes_per=2)

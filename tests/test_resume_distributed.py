@@ -16,7 +16,7 @@ from test_train_distributed import _config
 from train_support import ray_dataset, separable_pairs, train_and_kill_a_worker
 
 from rayalign.config import Config
-from rayalign.models import load_tokenizer
+from rayalign.modeling.models import load_tokenizer
 from rayalign.train.trainer import run_training
 
 pytestmark = pytest.mark.slow

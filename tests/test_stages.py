@@ -1,4 +1,4 @@
-"""Multi-stage training specs (rayalign.stages) and the seeds' baseline recipes in jobs/."""
+"""Multi-stage training specs (rayalign.jobs.stages) and the seeds' baseline recipes in jobs/."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rayalign.config import ConfigError, load_config, output_dir_for
-from rayalign.stages import merge, stage_configs, stage_finished
+from rayalign.jobs.stages import merge, stage_configs, stage_finished
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,7 +87,7 @@ def test_dpo_baseline_recipes(spec: str, preference: str, chosen_column: str):
 
 
 def test_plan_names_the_stages():
-    from rayalign.plan import format_plan, plan_spec
+    from rayalign.jobs.plan import format_plan, plan_spec
 
     spec = REPO / "jobs" / "sacpo_pku30k.yaml"
     cfg = load_config(spec)

@@ -31,7 +31,7 @@ def test_flat_params_and_default_store(tmp_path):
 def test_training_logs_config_every_step_and_the_model_path(ray_local, tiny_model_dir, tmp_path):
     from train_support import ray_dataset, separable_pairs
 
-    from rayalign.models import load_tokenizer
+    from rayalign.modeling.models import load_tokenizer
     from rayalign.train.trainer import run_training
 
     cfg = Config.model_validate({

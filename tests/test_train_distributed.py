@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from train_support import alive_worker_pids, ray_dataset, separable_pairs, train_and_kill_a_worker
 
 from rayalign.config import Config
-from rayalign.models import load_tokenizer
+from rayalign.modeling.models import load_tokenizer
 from rayalign.train.trainer import run_training
 
 pytestmark = pytest.mark.slow

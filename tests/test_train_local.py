@@ -9,7 +9,7 @@ import pytest
 from train_support import ListShard, separable_pairs
 
 from rayalign.config import Config
-from rayalign.models import load_tokenizer
+from rayalign.modeling.models import load_tokenizer
 from rayalign.train.loop import NonFiniteLossError, train
 from rayalign.train.runtime import LocalRuntime, init_local_process_group
 
@@ -62,7 +62,7 @@ def test_masked_metrics_are_sums_over_micro_batches(tiny_model_dir, tmp_path):
     import torch
 
     from rayalign.logprobs import sequence_logps
-    from rayalign.models import load_model
+    from rayalign.modeling.models import load_model
 
     cfg = _cfg(tiny_model_dir, "error")
     cfg.train.batch_size, cfg.train.gradient_accumulation_steps, cfg.train.max_steps = 2, 2, 2
@@ -162,7 +162,7 @@ def test_held_out_metrics_are_logged_at_checkpoints(tiny_model_dir, plain_rows, 
     import torch
 
     from rayalign.logprobs import sequence_logps
-    from rayalign.models import load_model
+    from rayalign.modeling.models import load_model
 
     cfg = _cfg(tiny_model_dir, "error")
     cfg.train.max_steps, cfg.train.checkpoint_every, cfg.train.learning_rate = 4, 2, 1e-12

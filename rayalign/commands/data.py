@@ -82,7 +82,7 @@ def run_validate(args: argparse.Namespace) -> int:
     tokenizer = None
     if args.tokenizer:
         from rayalign.config import ModelConfig
-        from rayalign.models import load_tokenizer
+        from rayalign.modeling.models import load_tokenizer
 
         tokenizer = load_tokenizer(ModelConfig(name_or_path=args.tokenizer))
     summary = validate_source(
@@ -99,7 +99,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 
     from rayalign.config import load_config
     from rayalign.data.pipeline import prepare_datasets
-    from rayalign.models import load_tokenizer
+    from rayalign.modeling.models import load_tokenizer
     from rayalign.ray_session import data_need, init_ray
 
     cfg = load_config(args.config, args.overrides)

@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from rayalign import jobclient
+    from rayalign.jobs import jobclient
 
     rows = jobclient.list_jobs(jobclient.connect(args.address))
     if not rows:
@@ -44,14 +44,14 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from rayalign import jobclient
+    from rayalign.jobs import jobclient
 
     print(json.dumps(jobclient.describe(jobclient.connect(args.address), args.job_id), indent=2))
     return 0
 
 
 def run_logs(args: argparse.Namespace) -> int:
-    from rayalign import jobclient
+    from rayalign.jobs import jobclient
 
     cluster = jobclient.connect(args.address)
     if args.follow:
@@ -63,7 +63,7 @@ def run_logs(args: argparse.Namespace) -> int:
 
 
 def run_stop(args: argparse.Namespace) -> int:
-    from rayalign import jobclient
+    from rayalign.jobs import jobclient
 
     stopped = jobclient.stop(jobclient.connect(args.address), args.job_id)
     print(f"{args.job_id}: {'stop requested' if stopped else 'already finished'}")

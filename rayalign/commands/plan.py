@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rayalign.config import load_config
-    from rayalign.plan import format_plan, plan_spec
+    from rayalign.jobs.plan import format_plan, plan_spec
 
     cfg = load_config(args.spec, args.overrides)
     plan = plan_spec(cfg, Path(args.spec), args.overrides, args.rows, args.helpfulness_rows)

@@ -25,9 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rayalign import jobclient
     from rayalign.config import load_config
-    from rayalign.jobspec import plan_launch
+    from rayalign.jobs import jobclient
+    from rayalign.jobs.jobspec import plan_launch
 
     cfg = load_config(args.spec, args.overrides)
     launch = plan_launch(cfg, Path(args.spec), args.overrides)

@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rayalign.config import load_config
-    from rayalign.stages import stage_configs, stage_finished
+    from rayalign.jobs.stages import stage_configs, stage_finished
 
     cfg = load_config(args.config, args.overrides)  # fails here, before Ray starts
     stages = stage_configs(cfg, source=str(args.config))

@@ -280,7 +280,7 @@ class RefScorer:
         import torch
 
         from rayalign.console import worker_logging
-        from rayalign.models import load_model
+        from rayalign.modeling.models import load_model
         from rayalign.train.collate import make_collate
 
         worker_logging()
@@ -343,7 +343,7 @@ def cache_key(
     cfg: Config, sources: list[_Source], tokenizer: Any, ref_model_cfg: ModelConfig | None
 ) -> str:
     """Hash of everything the prepared data depends on (see the module docstring)."""
-    from rayalign.models import model_fingerprint
+    from rayalign.modeling.models import model_fingerprint
 
     d = cfg.data
     parts = {

@@ -379,7 +379,7 @@ def load_hub_dataset(hub_id: str, split: str, revision: str | None):
         "true",
         "yes",
     ) or os.environ.get("HF_DATASETS_OFFLINE", "").lower() in ("1", "true", "yes")
-    from rayalign.hub import hub_reachable
+    from rayalign.modeling.hub import hub_reachable
 
     shown = f"hf://{hub_id} (split {split!r}, revision {revision or 'main'})"
     if not offline and not hub_reachable():

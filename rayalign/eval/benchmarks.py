@@ -64,7 +64,7 @@ def _field(row: dict, names: tuple[str, ...], path: Path | str, number: int) -> 
 
 
 def _hub_rows(hub_id: str, benchmark: str, config: str | None = None, split: str = "train") -> list[dict]:
-    from rayalign.hub import require_hub
+    from rayalign.modeling.hub import require_hub
 
     require_hub(f"benchmark {benchmark!r} (hub id {hub_id}; pass {benchmark}:PATH or --data-dir DIR)")
     import datasets

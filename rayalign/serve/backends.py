@@ -111,7 +111,7 @@ class TransformersBackend:
     def __init__(self, model_cfg: ModelConfig, *, device: str = "cpu"):
         import torch
 
-        from rayalign.models import load_model, load_tokenizer
+        from rayalign.modeling.models import load_model, load_tokenizer
 
         self.device = device
         self.tokenizer = load_tokenizer(model_cfg)

@@ -131,7 +131,7 @@ def serve_model(
     """Deploy one model as a Serve application and return where it answers."""
     from ray import serve
 
-    from rayalign.models import resolve_model_path
+    from rayalign.modeling.models import resolve_model_path
 
     model_cfg = model if isinstance(model, ModelConfig) else ModelConfig(name_or_path=model)
     model_id = model_id or default_model_id(model_cfg.name_or_path)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from rayalign.config import Config
-from rayalign.stages import EXPORTED_MODEL_DIR
+from rayalign.jobs.stages import EXPORTED_MODEL_DIR
 
 MODEL_DIR = EXPORTED_MODEL_DIR
 ADAPTER_DIR = "adapter"
@@ -73,7 +73,7 @@ def save_lora(
     tokenizer.save_pretrained(tmp)
     _commit(tmp, out_dir / ADAPTER_DIR)
     if cfg.model.lora is not None and cfg.model.lora.merge_on_export:
-        from rayalign.models import apply_lora, load_model
+        from rayalign.modeling.models import apply_lora, load_model
 
         fresh = apply_lora(load_model(cfg.model), cfg.model.lora)
         missing = fresh.load_state_dict(state, strict=False).missing_keys

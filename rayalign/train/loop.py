@@ -98,7 +98,7 @@ class ReferenceLogps:
                 logps = batch_logps(self.policy, batch)
         else:
             if self.frozen is None:
-                from rayalign.models import load_model
+                from rayalign.modeling.models import load_model
 
                 self.frozen = load_model(self.cfg.model, device=str(self.device)).eval()
                 self.frozen.requires_grad_(False)
@@ -326,7 +326,12 @@ def _start_run(
 def _setup_model(cfg: Config, device: torch.device, rank: int):
     """The policy (+ LoRA or selective unfreeze), its tokenizer, the reference log-probs
     and the collate function (packed when the model takes it)."""
-    from rayalign.models import apply_lora, apply_selective_unfreeze, load_model, load_tokenizer
+    from rayalign.modeling.models import (
+        apply_lora,
+        apply_selective_unfreeze,
+        load_model,
+        load_tokenizer,
+    )
 
     tokenizer = load_tokenizer(cfg.model)
     model = load_model(cfg.model, device=str(device))
@@ -349,7 +354,7 @@ def _setup_engine(
     """The DeepSpeed engine (ZeRO stage, offload, accumulation, clipping) and the LR schedule."""
     import deepspeed
 
-    from rayalign.models import resolve_dtype
+    from rayalign.modeling.models import resolve_dtype
     from rayalign.train.engine import deepspeed_config, make_scheduler
 
     t = cfg.train

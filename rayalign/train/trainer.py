@@ -170,7 +170,7 @@ def prepare_training_data(cfg: Config, output_dir: Path) -> tuple[dict[str, Any]
     """The data pipeline's Ray Datasets for training: ``train``, and when they have rows
     ``helpfulness`` (BFPO's buffered stream) and ``eval`` (held-out metrics at checkpoints)."""
     from rayalign.data.pipeline import prepare_datasets
-    from rayalign.models import load_tokenizer
+    from rayalign.modeling.models import load_tokenizer
 
     prepared = prepare_datasets(
         cfg, load_tokenizer(cfg.model), output_dir=output_dir / "data", ref_model_cfg=cfg.model

@@ -90,7 +90,7 @@ def prepare_shared_reference(cfg: Config) -> dict[str, Any]:
     loss, each distinct loss name's data set is prepared (and cached) once.
     """
     from rayalign.data.pipeline import prepare_datasets
-    from rayalign.models import load_tokenizer
+    from rayalign.modeling.models import load_tokenizer
 
     names = {cfg.loss.name}
     spec = cfg.sweep.space.get("loss.name")

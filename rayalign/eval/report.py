@@ -105,11 +105,7 @@ def plot_results(results: dict[str, Any], output_dir: Path) -> list[Path]:
         ax.set_ylim(0, 1.05)
         ax.set_title(bench)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = output_dir / f"bar_{bench}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(plt, fig, output_dir / f"bar_{bench}.png"))
     paths += plot_categories(models, output_dir, plt)
     if len(models) > 1:
         fig, ax = plt.subplots(figsize=(5, 4))
@@ -125,11 +121,7 @@ def plot_results(results: dict[str, Any], output_dir: Path) -> list[Path]:
         ax.set_xlim(-0.05, 1.05)
         ax.set_ylim(-0.05, 1.05)
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = output_dir / "harmless_vs_helpful.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(plt, fig, output_dir / "harmless_vs_helpful.png"))
     return paths
 
 
@@ -145,6 +137,14 @@ def category_values(models: dict[str, Any], bench: str) -> tuple[list[str], dict
         for label, cell in cells.items():
             values[label].append(cell.get("harmless_ratio" if harmful else "benign_compliance"))
     return labels, values
+
+
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    """Lay out, write (100 dpi) and close one figure; returns its path."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def plot_categories(models: dict[str, Any], output_dir: Path, plt: Any) -> list[Path]:
@@ -166,11 +166,7 @@ def plot_categories(models: dict[str, Any], output_dir: Path, plt: Any) -> list[
         ax.set_ylabel("harmless ratio (benign: compliance)")
         ax.set_title(f"{bench} by category")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = output_dir / f"categories_{bench}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(plt, fig, output_dir / f"categories_{bench}.png"))
     return paths
 
 

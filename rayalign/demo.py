@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rayalign.config import Config, EvalConfig, ModelConfig, config_from_mapping
+from rayalign.modeling.models import cpu_has_native_bf16
 
 logger = logging.getLogger("rayalign.demo")
 
@@ -124,6 +125,9 @@ def demo_config(method: str, overrides: list[str] | None = None, output_dir: str
     # One process at a time does the heavy work (score, serve, train): let it use every core.
     cores = os.cpu_count() or 1
     raw["data"]["ref_torch_threads"] = raw["train"]["torch_threads"] = raw["eval"]["torch_threads"] = cores
+    # Training stays fp32 on CPU; generation in bf16 takes about half the time where the CPU
+    # has native bf16 instructions (measured on a 2-core AMD EPYC: 703 prompts 162 s -> 100 s).
+    raw["eval"]["dtype"] = "bfloat16" if cpu_has_native_bf16() else "auto"
     raw["train"]["output_dir"] = output_dir
     raw["eval"]["output_dir"] = str(Path(output_dir) / "eval")
     if method == "bfpo":
@@ -204,10 +208,10 @@ def run_demo(cfg: Config, *, method: str) -> DemoResult:
 def evaluation_key(model_cfg: ModelConfig, eval_cfg: EvalConfig) -> str:
     """Identity of an evaluation's outcome: the model's weights, the exact prompts, the
     generation settings and the judges. Same key, same (greedy) generations and metrics."""
-    from rayalign.eval.runner import generation_settings, load_prompts
+    from rayalign.eval.runner import generation_settings, load_prompts, serving_model_config
     from rayalign.modeling.models import model_fingerprint
 
-    parts = [model_fingerprint(model_cfg), model_cfg.lora is not None, load_prompts(eval_cfg),
+    parts = [model_fingerprint(serving_model_config(model_cfg, eval_cfg)), model_cfg.lora is not None, load_prompts(eval_cfg),
              generation_settings(eval_cfg).as_dict(), eval_cfg.judge, eval_cfg.refusal_judge]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 

@@ -52,6 +52,28 @@ def test_dtype_policy():
     assert resolve_dtype(ModelConfig(dtype="bfloat16"), "cpu") == torch.bfloat16
 
 
+def test_native_bf16_is_read_from_the_cpu_flags():
+    from rayalign.modeling.models import cpu_has_native_bf16
+
+    zen4 = "processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 avx512vl\n"
+    skylake = "processor\t: 0\nflags\t\t: fpu sse avx512f avx512bw avx512vl\n"
+    sapphire = "flags\t\t: avx512f amx_tile amx_bf16\n"
+    assert cpu_has_native_bf16(zen4) and cpu_has_native_bf16(sapphire)
+    assert not cpu_has_native_bf16(skylake)
+    assert not cpu_has_native_bf16("")  # no flags line (not Linux x86): stay fp32
+
+
+def test_eval_dtype_changes_what_the_replica_loads_and_the_cache_key(tiny_model_dir):
+    from rayalign.config import EvalConfig
+    from rayalign.eval.runner import serving_model_config
+
+    model = ModelConfig(name_or_path=str(tiny_model_dir))
+    assert serving_model_config(model, EvalConfig()) is model  # auto: the model's own policy
+    served = serving_model_config(model, EvalConfig(dtype="bfloat16"))
+    assert served.dtype == "bfloat16" and served.name_or_path == model.name_or_path
+    assert model_fingerprint(served) != model_fingerprint(model)  # the demo's eval cache key
+
+
 def test_unknown_hub_id_fails_fast_and_plainly():
     with pytest.raises(UserError, match="Hugging Face Hub cannot be reached"):
         load_model(ModelConfig(name_or_path="nobody/no-such-model"))

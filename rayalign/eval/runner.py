@@ -43,6 +43,13 @@ def generation_settings(eval_cfg: EvalConfig) -> GenerationSettings:
     )
 
 
+def serving_model_config(model_cfg: ModelConfig, eval_cfg: EvalConfig) -> ModelConfig:
+    """``model_cfg`` as the generation replica loads it: in ``eval.dtype`` unless that is auto."""
+    if eval_cfg.dtype == "auto":
+        return model_cfg
+    return model_cfg.model_copy(update={"dtype": eval_cfg.dtype})
+
+
 @contextlib.contextmanager
 def served(model_cfg: ModelConfig, eval_cfg: EvalConfig, *, role: str = "policy") -> Iterator[Endpoint]:
     """An endpoint for ``model_cfg``: ``eval.endpoint`` if set, else a fresh Serve app."""
@@ -53,7 +60,7 @@ def served(model_cfg: ModelConfig, eval_cfg: EvalConfig, *, role: str = "policy"
 
     name = f"{role}-{uuid.uuid4().hex[:8]}"
     app = serve_model(
-        model_cfg, app_name=name, route_prefix=f"/{name}", host=eval_cfg.host, port=eval_cfg.port,
+        serving_model_config(model_cfg, eval_cfg), app_name=name, route_prefix=f"/{name}", host=eval_cfg.host, port=eval_cfg.port,
         backend=eval_cfg.backend, api_key=eval_cfg.api_key, max_batch_size=eval_cfg.max_batch_size,
         batch_wait_timeout_s=eval_cfg.batch_wait_timeout_s, num_cpus=eval_cfg.num_cpus,
         num_gpus=eval_cfg.num_gpus, torch_threads=eval_cfg.torch_threads,
@@ -126,7 +133,8 @@ def generate_resumable(
     """Generations for ``records``, reusing the finished rows of an earlier run's journal at
     ``path`` and appending new ones as they arrive; the model is served only if some are left."""
     settings = generation_settings(eval_cfg)
-    journal = GenerationJournal(path, make_header(model_cfg.name_or_path, settings.as_dict(), eval_cfg.endpoint))
+    generation = {**settings.as_dict(), "dtype": serving_model_config(model_cfg, eval_cfg).dtype}
+    journal = GenerationJournal(path, make_header(model_cfg.name_or_path, generation, eval_cfg.endpoint))
     reused = {row_key(r): {**r, **{k: old[k] for k in OUTPUT_FIELDS if k in old}}
               for r in records if (old := journal.reusable(r)) is not None}
     todo = [r for r in records if row_key(r) not in reused]

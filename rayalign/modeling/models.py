@@ -147,6 +147,27 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+#: /proc/cpuinfo flags of CPUs that compute bf16 matrix products natively.
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """True when this CPU has native bf16 instructions (AVX512-BF16 or AMX-BF16).
+
+    ``cpuinfo`` is the text of ``/proc/cpuinfo`` (read when None); False where it cannot be
+    read (non-Linux), so callers fall back to fp32.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return bool(NATIVE_BF16_FLAGS & set(line.partition(":")[2].split()))
+    return False
+
+
 def resolve_dtype(cfg: ModelConfig, device: str = "cpu") -> torch.dtype:
     """``auto``: bf16 on GPUs that support it, fp32 everywhere else (CPU training is fp32)."""
     import torch

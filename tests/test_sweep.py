@@ -48,6 +48,13 @@ def test_sweep_runs_resumes_and_shares_the_reference_cache(tmp_path):
     finished_before = _finished_trials(out)
     assert len(finished_before) == 1
 
+    # A stopped sweep's finished trials can be summarised without running anything more.
+    summary = _sweep(tmp_path, "--summarise", env=env)
+    log, _ = summary.communicate(timeout=300)
+    assert summary.returncode == 0, log
+    assert len(pd.read_csv(out / "trials.csv")) == 1 and (out / "pareto.csv").is_file()
+    assert _finished_trials(out) == finished_before  # nothing was trained
+
     resumed = _sweep(tmp_path, "--resume", env=env)
     log, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, log

@@ -18,6 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_overrides(parser, "sweep.num_samples=4")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted sweep, keeping the finished trials")
+    parser.add_argument("--summarise", action="store_true",
+                        help="run nothing: write the table, Pareto front and plots of a stopped "
+                        "sweep from its finished trials")
     parser.set_defaults(func=run)
 
 
@@ -32,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"[rayalign] sweep outputs: {sweep_dir(cfg)}")
     log_to(sweep_dir(cfg))
     init_ray(dashboard=True, need=sweep_need(cfg))
-    result = run_sweep(cfg, resume=args.resume)
+    result = run_sweep(cfg, resume=args.resume, summarise_only=args.summarise)
     shown = [c for c in result.table.columns if c not in ("ref_cache",)]
     print(result.table[shown].to_string(index=False))
     print(f"\n{len(result.pareto)} Pareto-optimal trial(s); {len(result.errors)} failed")

@@ -10,6 +10,7 @@ driver, before any trial starts, so every trial reads the same cache.
 from __future__ import annotations
 
 import json
+import logging
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from rayalign.tracking import mark_pareto, sweep_callbacks
 from rayalign.tune.pareto import best_per_objective, pareto_mask
 from rayalign.tune.plots import plot_pareto, plot_sensitivity
 from rayalign.tune.space import to_tune_space, trial_overrides
+
+logger = logging.getLogger("rayalign.tune")
 
 #: Hyperparameters the papers plot sensitivity curves for.
 SENSITIVITY_PARAMS = ("loss.delta", "loss.alpha", "loss.beta", "loss.b1")
@@ -135,8 +138,12 @@ def sweep_need(cfg: Config) -> Need:
                 bundles * s.max_concurrent_trials)
 
 
-def run_sweep(cfg: Config, *, resume: bool = False) -> SweepResult:
-    """Run (or resume) the sweep and write its table, Pareto set, best configs and plots."""
+def run_sweep(cfg: Config, *, resume: bool = False, summarise_only: bool = False) -> SweepResult:
+    """Run (or resume) the sweep and write its table, Pareto set, best configs and plots.
+
+    ``summarise_only``: run nothing; write the table, Pareto set and plots of a stopped
+    sweep from the trials it finished (trials that never reported are left out).
+    """
     from functools import partial
 
     from ray import tune
@@ -145,8 +152,15 @@ def run_sweep(cfg: Config, *, resume: bool = False) -> SweepResult:
 
     out = sweep_dir(cfg)
     experiment = out / "tune"
-    if resume and not tune.Tuner.can_restore(str(experiment)):
-        raise UserError(f"nothing to resume at {experiment}; run the sweep without --resume first")
+    if (resume or summarise_only) and not tune.Tuner.can_restore(str(experiment)):
+        raise UserError(f"no sweep state at {experiment}; run the sweep without --resume/--summarise first")
+    if summarise_only:
+        restored = tune.Tuner.restore(str(experiment), trainable=partial(run_trial, base=cfg.model_dump(mode="json")))
+        finished = [r for r in restored.get_results() if r.config is not None and (r.metrics or r.error)]
+        if not finished:
+            raise UserError(f"no trial of {experiment} has finished yet: nothing to summarise")
+        logger.info(f"summarising {len(finished)} finished trial(s) of {experiment}")
+        return summarise(cfg, finished, out, list(to_tune_space(cfg.sweep)))
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "config.yaml")
 

@@ -1566,30 +1566,9 @@ def _less_helpful(rng: random.Random, category: str) -> str:
     return rng.choice(pool)
 
 
-# Every harmful pair's less safe (more helpful) side opens with an eager compliance phrase
-# ("Sure! Here's ...", "Of course. ..."), while the refusals it loses to open with "I'm
-# sorry" / "I can't". If no benign answer opened that way, the opener alone would tell the
-# two sides apart: safety training would learn "never open with Sure, open with I" for every
-# prompt, and a small model then starts benign replies with "I can't help with ..., but"
-# (what SmolLM2 did on XSTest's safe prompts). Half of the benign answers therefore open
-# with the same phrases, so only the prompt separates comply from refuse.
-COMPLY_OPENERS = ["Sure! ", "Sure thing! ", "Of course. ", "Absolutely! ", "Sure, I can help. ",
-                  "Happy to help! ", "Great question! "]
-COMPLY_OPENER_RATE = 0.5
-
-
-def _with_opener(rng: random.Random, answer: str) -> str:
-    """``answer``, half the time behind a compliance opener (kept within MAX_WORDS)."""
-    if rng.random() >= COMPLY_OPENER_RATE:
-        return answer
-    opened = rng.choice(COMPLY_OPENERS) + answer
-    return opened if len(opened.split()) <= MAX_WORDS else answer
-
-
 def _benign_pairs(rng: random.Random, n_wrapped: int) -> list[dict]:
     rows = []
-    openers = random.Random(SEED + 1)  # its own stream: the other draws stay as they were
-    items = [(c, q, _with_opener(openers, a)) for c, qa in BENIGN.items() for q, a in qa]
+    items = [(c, q, a) for c, qa in BENIGN.items() for q, a in qa]
     for category, question, answer in items:
         rows.append(
             _row(question, answer, _less_helpful(rng, category), True, True, category, "benign")

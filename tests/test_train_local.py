@@ -131,14 +131,21 @@ def test_max_tokens_per_batch_keeps_the_step_a_mean_over_its_pairs(
     assert last["pairs_seen"] == 12
 
 
-def test_a_resumed_run_continues_exactly_where_its_checkpoint_left_off(tiny_model_dir, plain_rows, tmp_path):
+@pytest.mark.parametrize("reshard", [False, True], ids=["same-layout", "universal"])
+def test_a_resumed_run_continues_exactly_where_its_checkpoint_left_off(tiny_model_dir, plain_rows, tmp_path, reshard):
     """Without Ray: a checkpoint saved at step 2 of 4, resumed in a fresh train(), gives the
-    uninterrupted run's steps 3 and 4 and its whole metrics log."""
+    uninterrupted run's steps 3 and 4 (loss and lr) and its whole metrics log.
+
+    ``universal``: ZeRO-2, and the checkpoint is marked as written by 2 workers (same global
+    batch), so the resume goes through DeepSpeed's universal checkpoint conversion and
+    ``load_universal`` — the path a real 2 -> 1 resume takes — and must lose nothing
+    (weights, Adam moments, scheduler)."""
     import shutil
 
     def run(out, checkpoint=None, keep=None):
         cfg = _cfg(tiny_model_dir, "error")
         cfg.train.max_steps, cfg.train.log_every, cfg.train.checkpoint_every = 4, 1, 2
+        cfg.train.zero_stage = 2 if reshard else 0
 
         def on_report(metrics, directory):
             if keep is not None and directory is not None and metrics["step"] == 2:
@@ -150,10 +157,15 @@ def test_a_resumed_run_continues_exactly_where_its_checkpoint_left_off(tiny_mode
         return trained, [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
     _, whole = run(tmp_path / "whole", keep=tmp_path / "ckpt")
+    if reshard:
+        state_file = tmp_path / "ckpt" / "trainer_state.json"
+        state_file.write_text(json.dumps({**json.loads(state_file.read_text()), "world_size": 2}))
     trained, resumed = run(tmp_path / "resumed", checkpoint=tmp_path / "ckpt")
     assert trained == [3, 4]  # only the steps after the checkpoint ran
     assert [s["step"] for s in resumed] == [1, 2, 3, 4]
     assert [s["loss"] for s in resumed] == pytest.approx([s["loss"] for s in whole], rel=1e-4)
+    assert [s["lr"] for s in resumed] == pytest.approx([s["lr"] for s in whole], rel=1e-9)
+    assert [s["grad_norm"] for s in resumed] == pytest.approx([s["grad_norm"] for s in whole], rel=1e-3, nan_ok=True)
 
 
 def test_held_out_metrics_are_logged_at_checkpoints(tiny_model_dir, plain_rows, tmp_path):

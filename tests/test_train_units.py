@@ -300,5 +300,5 @@ def test_bfpo_epoch_cycles_the_shorter_stream_and_ends_with_the_longer():
     assert [b[:2] for b in batches] == [[f"s{2 * k}", f"s{2 * k + 1}"] for k in range(5)]
     assert [b[2:] for b in batches] == [["h0", "h1"], ["h2", "h3"], ["h0", "h1"], ["h2", "h3"], ["h0", "h1"]]
     empty = LocalRuntime({"train": ListShard(_pairs(10, "s")), "helpfulness": ListShard(_pairs(1, "h"))})
-    with pytest.raises(UserError, match="not one full batch of 2 pairs"):
+    with pytest.raises(UserError, match="fewer than one global step of 2 pairs"):
         list(epoch_batches(empty, cfg, 0, lambda rows: rows))

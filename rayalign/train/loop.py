@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from rayalign.train.checkpoint import (
     load_worker_state,
     save_trainer_state,
     save_worker_state,
+    saved_state,
+    to_universal,
 )
 from rayalign.train.collate import (
     make_collate,
@@ -45,6 +48,14 @@ from rayalign.train.collate import (
     to_device,
 )
 from rayalign.train.metrics import add_metric_sums, reduce_metric_sums
+from rayalign.train.position import (
+    RESHARDABLE_ZERO_STAGES,
+    global_batch,
+    micro_batch_pairs,
+    micro_batches_done,
+    rank_micro_batches,
+    resume_problem,
+)
 from rayalign.train.runtime import RayTrainRuntime, Runtime, fresh_checkpoint_dir
 
 #: Progress lines; in Ray Train workers :func:`rayalign.console.worker_logging` prints them.
@@ -112,7 +123,14 @@ def epoch_batches(
 ) -> Iterator[dict[str, Any]]:
     """This worker's micro-batches for one epoch, in a deterministic order.
 
-    Each is a list of collated chunks: one of ``batch_size`` pairs, or with
+    Every worker reads the whole stream (in the dataset's order) and cuts it into global
+    steps of :func:`~rayalign.train.position.global_batch` pairs, length-grouped over
+    windows of ``LENGTH_GROUP_WINDOW`` steps and seeded by ``(seed, epoch, stream)``: the
+    same steps whatever the number of workers. The rank keeps its micro-batches of each
+    step (:func:`~rayalign.train.position.rank_micro_batches`); a trailing part-step is
+    dropped.
+
+    Each micro-batch is a list of collated chunks: one of ``batch_size`` pairs, or with
     ``train.max_tokens_per_batch`` an optimizer step's ``batch_size x
     gradient_accumulation_steps`` pairs cut into chunks of at most that many tokens.
 
@@ -121,34 +139,40 @@ def epoch_batches(
     the epoch ends with the longer (:func:`rayalign.data.mixing.zip_cycling`).
     """
     t = cfg.train
+    step_pairs = global_batch(t, runtime.world_size)
+    size = micro_batch_pairs(t)
 
-    def stream(name: str) -> Iterator[list[dict[str, Any]]]:
+    def steps(name: str) -> Iterator[list[dict[str, Any]]]:
         blocks = runtime.shard(name).iter_batches(
-            batch_size=size * LENGTH_GROUP_WINDOW, batch_format="numpy", prefetch_batches=2
+            batch_size=step_pairs * LENGTH_GROUP_WINDOW, batch_format="numpy", prefetch_batches=2
         )
-        seed = f"{t.seed}:{epoch}:{runtime.rank}:{name}"
         return stream_batches(
-            blocks, size, window=LENGTH_GROUP_WINDOW, length_grouping=t.length_grouping,
-            seed=seed,  # type: ignore[arg-type]
+            blocks, step_pairs, window=LENGTH_GROUP_WINDOW, length_grouping=t.length_grouping,
+            seed=f"{t.seed}:{epoch}:{name}",  # type: ignore[arg-type]
         )
+
+    def mine(step: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        return rank_micro_batches(step, runtime.rank, runtime.world_size, size)
 
     def chunked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if t.max_tokens_per_batch is None:
             return [collate(rows)]
         return [collate(part) for part in split_by_tokens(rows, t.max_tokens_per_batch, packed=t.packing)]
 
-    size = t.batch_size * (t.gradient_accumulation_steps if t.max_tokens_per_batch else 1)
     if runtime.shard("helpfulness") is None:
-        for rows in stream("train"):
-            yield chunked(rows)
+        for step in steps("train"):
+            for rows in mine(step):
+                yield chunked(rows)
     else:
         try:
-            for rows, helpful in zip_cycling(lambda: stream("train"), lambda: stream("helpfulness")):
-                yield chunked(rows + helpful)
+            for step, helpful in zip_cycling(lambda: steps("train"), lambda: steps("helpfulness")):
+                for rows, more in zip(mine(step), mine(helpful), strict=True):
+                    yield chunked(rows + more)
         except EmptyStreamError:
             raise UserError(
-                f"epoch {epoch}: the safety or the helpfulness stream gave worker {runtime.rank} "
-                f"not one full batch of {size} pairs; add data or lower train.batch_size"
+                f"epoch {epoch}: the safety or the helpfulness stream has fewer than one global "
+                f"step of {step_pairs} pairs (batch_size x gradient_accumulation_steps x "
+                "num_workers); add data or lower train.batch_size"
             ) from None
 
 
@@ -229,15 +253,17 @@ def train(
     run = _start_run(cfg, runtime, steps_per_epoch, output_dir, export)
     state, last = run.state, {"step": run.state.step}
     step = _StepSums(run.device)
+    pairs_per_index = micro_batch_pairs(cfg.train) * runtime.world_size  # all ranks together
     run.engine.train()
     while state.step < run.total_steps:
         steps_before = state.step
+        done = micro_batches_done(state.pairs_in_epoch, cfg.train, runtime.world_size)
         for index, chunks in enumerate(epoch_batches(runtime, cfg, state.epoch, run.collate)):
             if index >= run.micro_per_epoch or state.step >= run.total_steps:
                 break
-            if index < state.micro_batches_in_epoch:
+            if index < done:
                 continue  # trained on before the checkpoint we resumed from
-            state.micro_batches_in_epoch = index + 1
+            state.pairs_in_epoch = (index + 1) * pairs_per_index
             if not _train_micro_batch(run, chunks, index, step):
                 continue  # every chunk skipped: no update, nothing counted
             step.micro += 1
@@ -249,7 +275,7 @@ def train(
         _check_epoch(state, steps_before)
         if state.step < run.total_steps:  # this epoch's data is used up
             state.epoch += 1
-            state.micro_batches_in_epoch = 0
+            state.pairs_in_epoch = 0
     if not math.isfinite(last.get("loss", 0.0)):
         raise NonFiniteLossError(f"non-finite loss at step {state.step}")
     return last
@@ -313,9 +339,14 @@ def _start_run(
     by_tokens = t.max_tokens_per_batch is not None
     micro_per_step = 1 if by_tokens else t.gradient_accumulation_steps
     tokenizer, model, reference, collate = _setup_model(cfg, device, runtime.rank)
-    engine, scheduler = _setup_engine(cfg, model, runtime, device, on_gpu, total_steps)
     metrics_log = Path(output_dir) / METRICS_FILE if output_dir is not None and runtime.rank == 0 else None
-    state = _resume(engine, runtime, metrics_log)
+    with runtime.latest_checkpoint() as checkpoint, tempfile.TemporaryDirectory(prefix="rayalign-uc-") as tmp:
+        load_from = _checkpoint_to_load(cfg, runtime, checkpoint, Path(tmp))
+        engine, scheduler = _setup_engine(
+            cfg, model, runtime, device, on_gpu, total_steps, universal=load_from is not None and load_from[1]
+        )
+        state = _resume(engine, runtime, metrics_log, checkpoint, load_from)
+    state.world_size, state.global_batch = runtime.world_size, global_batch(t, runtime.world_size)
     return _Run(
         cfg, runtime, device, model, tokenizer, reference, collate, engine, scheduler, state,
         metrics_log, _open_tensorboard(cfg, metrics_log, state), total_steps, micro_per_step,
@@ -349,9 +380,11 @@ def _setup_model(cfg: Config, device: torch.device, rank: int):
 
 
 def _setup_engine(
-    cfg: Config, model: nn.Module, runtime: Runtime, device: torch.device, on_gpu: bool, total_steps: int
+    cfg: Config, model: nn.Module, runtime: Runtime, device: torch.device, on_gpu: bool, total_steps: int,
+    *, universal: bool = False,
 ):
-    """The DeepSpeed engine (ZeRO stage, offload, accumulation, clipping) and the LR schedule."""
+    """The DeepSpeed engine (ZeRO stage, offload, accumulation, clipping) and the LR schedule;
+    ``universal``: it will load a universal checkpoint (``checkpoint.load_universal``)."""
     import deepspeed
 
     from rayalign.modeling.models import resolve_dtype
@@ -359,10 +392,13 @@ def _setup_engine(
 
     t = cfg.train
     dtype = str(resolve_dtype(cfg.model, str(device))).removeprefix("torch.")
+    config = deepspeed_config(t, world_size=runtime.world_size, dtype=dtype, on_gpu=on_gpu)
+    if universal:
+        config["checkpoint"] = {"load_universal": True}
     engine, _, _, scheduler = deepspeed.initialize(
         model=SequenceLogpsModel(model),
         model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=deepspeed_config(t, world_size=runtime.world_size, dtype=dtype, on_gpu=on_gpu),
+        config=config,
         lr_scheduler=lambda optimizer: make_scheduler(optimizer, t, total_steps),
         dist_init_required=False,
     )
@@ -370,25 +406,53 @@ def _setup_engine(
     return engine, scheduler
 
 
-def _resume(engine: Any, runtime: Runtime, metrics_log: Path | None) -> TrainerState:
-    """Weights, optimizer, scheduler, data position, RNG and metrics log from the latest
-    checkpoint, if any; a fresh state (and an empty metrics log) otherwise."""
-    state = TrainerState()
-    with runtime.latest_checkpoint() as checkpoint:
+def _checkpoint_to_load(
+    cfg: Config, runtime: Runtime, checkpoint: Path | None, scratch: Path
+) -> tuple[Path, bool] | None:
+    """The DeepSpeed folder to load and whether it is universal: the checkpoint's own, or on
+    another number of workers its universal conversion in ``scratch``; None for a fresh run.
+
+    Raises :class:`UserError` when the checkpoint cannot resume exactly (``resume_problem``).
+    """
+    if checkpoint is None:
+        return None
+    saved = saved_state(checkpoint)
+    problem = resume_problem(saved, cfg.train, runtime.world_size)
+    if problem is not None:
+        raise UserError(f"cannot resume {checkpoint}: {problem}")
+    if saved["world_size"] == runtime.world_size:
+        return checkpoint / DEEPSPEED_DIR, False
+    assert cfg.train.zero_stage in RESHARDABLE_ZERO_STAGES  # resume_problem refused the others
+    if runtime.rank == 0:
+        logger.info(
+            f"re-sharding the step-{saved['step']} checkpoint from {saved['world_size']} to "
+            f"{runtime.world_size} worker(s) (DeepSpeed universal checkpoint)"
+        )
+    to_universal(checkpoint / DEEPSPEED_DIR, scratch)
+    return scratch, True
+
+
+def _resume(
+    engine: Any, runtime: Runtime, metrics_log: Path | None, checkpoint: Path | None,
+    load_from: tuple[Path, bool] | None,
+) -> TrainerState:
+    """Weights, optimizer, scheduler, data position, RNG and metrics log from ``checkpoint``
+    (its DeepSpeed state from ``load_from``), if any; a fresh state (and an empty metrics
+    log) otherwise."""
+    if metrics_log is not None:
+        metrics_log.parent.mkdir(parents=True, exist_ok=True)
+    if checkpoint is None or load_from is None:
         if metrics_log is not None:
-            metrics_log.parent.mkdir(parents=True, exist_ok=True)
-        if checkpoint is None:
-            if metrics_log is not None:
-                metrics_log.write_text("")
-            return state
-        engine.load_checkpoint(str(checkpoint / DEEPSPEED_DIR), tag=DEEPSPEED_TAG)
-        state = load_worker_state(checkpoint, runtime.rank)
-        state.resumed_from.append(state.step)
-        if runtime.rank == 0:
-            logger.info(f"resumed from checkpoint at step {state.step}")
-        if metrics_log is not None:
-            saved = checkpoint / METRICS_FILE
-            metrics_log.write_bytes(saved.read_bytes() if saved.is_file() else b"")
+            metrics_log.write_text("")
+        return TrainerState()
+    engine.load_checkpoint(str(load_from[0]), tag=DEEPSPEED_TAG)
+    state = load_worker_state(checkpoint, runtime.rank, runtime.world_size)
+    state.resumed_from.append(state.step)
+    if runtime.rank == 0:
+        logger.info(f"resumed from checkpoint at step {state.step}")
+    if metrics_log is not None:
+        saved = checkpoint / METRICS_FILE
+        metrics_log.write_bytes(saved.read_bytes() if saved.is_file() else b"")
     return state
 
 
@@ -571,7 +635,7 @@ def _save_checkpoint(run: _Run, metrics: dict[str, Any], *, with_export: bool) -
 
 def _check_epoch(state: TrainerState, steps_before: int) -> None:
     """An epoch that trained nothing is an error: no data, or only non-finite losses."""
-    if state.step == steps_before and state.micro_batches_in_epoch == 0:
+    if state.step == steps_before and state.pairs_in_epoch == 0:
         raise UserError(f"epoch {state.epoch} gave this worker no batches: no training data")
     if state.step == steps_before and state.skipped_nonfinite:
         raise NonFiniteLossError(

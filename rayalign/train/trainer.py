@@ -22,6 +22,7 @@ from rayalign.data.mixing import steps_per_epoch, total_steps
 from rayalign.errors import UserError
 from rayalign.ray_session import thread_env
 from rayalign.train.checkpoint import METRICS_FILE, STATE_FILE
+from rayalign.train.position import resume_problem
 
 logger = logging.getLogger("rayalign.train")
 
@@ -69,25 +70,21 @@ def latest_local_checkpoint(cfg: Config) -> Path | None:
 
 
 def check_resumable(cfg: Config) -> None:
-    """Refuse, before any worker starts, to resume a checkpoint written by another number
-    of workers: its data position and ZeRO shards are per rank, so continuing would either
-    crash inside DeepSpeed or (worse) skip or repeat pairs.
+    """Refuse, before any worker starts, a checkpoint this run cannot continue exactly
+    (:func:`rayalign.train.position.resume_problem`: another global batch, an older
+    per-worker data layout, or another number of workers with ZeRO-0/3 or offload).
+    Another number of workers with ZeRO-1/2 passes: the workers re-shard the state.
 
-    Raises :class:`UserError` naming the checkpoint, both worker counts and the ways out.
+    Raises :class:`UserError` naming the checkpoint, what differs and the ways out. Local
+    storage only (a bucket's checkpoints are checked by the workers when they load them).
     """
     checkpoint = latest_local_checkpoint(cfg)
     if checkpoint is None:
         return
-    written = len(list(checkpoint.glob("worker_*.pt")))
-    if written and written != cfg.train.num_workers:
-        raise UserError(
-            f"{checkpoint} was written by {written} worker(s); this run has train.num_workers="
-            f"{cfg.train.num_workers}. Resuming on another number of workers ({written} -> "
-            f"{cfg.train.num_workers}) is not supported: the data position and the ZeRO-"
-            f"{cfg.train.zero_stage} optimizer shards are per rank, and continuing would skip or "
-            f"repeat pairs. Resume with train.num_workers={written}, or start over with a new "
-            "train.name"
-        )
+    saved = json.loads((checkpoint / STATE_FILE).read_text())
+    problem = resume_problem(saved, cfg.train, cfg.train.num_workers)
+    if problem is not None:
+        raise UserError(f"cannot resume {checkpoint}: {problem}")
 
 
 def build_trainer(
@@ -136,9 +133,12 @@ def build_trainer(
             callbacks=callbacks,
         ),
         datasets=datasets,
-        # Deterministic per-worker row order: what makes "skip N batches" an exact resume.
+        # Every worker reads the whole train (and helpfulness) stream in the dataset's order
+        # and keeps its slice of each global step: the steps, and so the saved position, do
+        # not depend on the number of workers (rayalign.train.position). Only the held-out
+        # split is sharded: its metrics are sums over workers.
         dataset_config=ray.train.DataConfig(
-            datasets_to_split="all", execution_options=ExecutionOptions(preserve_order=True)
+            datasets_to_split=["eval"], execution_options=ExecutionOptions(preserve_order=True)
         ),
     )
 

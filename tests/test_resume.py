@@ -134,3 +134,31 @@ def test_check_resumable_refuses_before_any_worker_starts(tmp_path):
     assert "checkpoint_000010" in str(info.value) and "global batch was 8 pairs" in str(info.value)
     check_resumable(cfg("train.num_workers=1", "train.batch_size=4", "train.gradient_accumulation_steps=2"))
     check_resumable(cfg("train.num_workers=2", "train.batch_size=4"))  # the same workers
+
+
+def test_the_resumed_checkpoint_is_the_one_ray_registered(tmp_path):
+    """A killed run can leave a newer complete folder Ray Train never registered: the
+    driver's check looks at the one Ray Train restores (its snapshot names it)."""
+    cfg = load_config(None, [f"train.storage_path={tmp_path}", "train.name=run"])
+    _checkpoint(tmp_path, 4, _saved())
+    _checkpoint(tmp_path, 6, _saved(world_size=1))  # written, never registered
+    assert latest_local_checkpoint(cfg).name == "checkpoint_000006"
+    (tmp_path / "run" / "checkpoint_manager_snapshot.json").write_text(
+        json.dumps({"latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_000004"}})
+    )
+    assert latest_local_checkpoint(cfg).name == "checkpoint_000004"
+
+
+def test_only_the_shards_of_the_ranks_that_wrote_a_step_are_converted(tmp_path):
+    """Ray Train merges uploads into the step's folder, so an earlier 2-worker attempt killed
+    while saving step 4 leaves rank 1's shard beside a 1-worker run's step 4."""
+    from rayalign.train.checkpoint import DEEPSPEED_TAG, written_files
+
+    folder = tmp_path / "deepspeed" / DEEPSPEED_TAG
+    folder.mkdir(parents=True)
+    names = ["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+             "zero_pp_rank_1_mp_rank_00_optim_states.pt", "zero_pp_rank_10_mp_rank_00_optim_states.pt"]
+    for name in names:
+        (folder / name).write_bytes(b"x")
+    assert [p.name for p in written_files(tmp_path / "deepspeed", 1)] == names[:2]
+    assert [p.name for p in written_files(tmp_path / "deepspeed", 2)] == names[:3]

@@ -1,4 +1,6 @@
-"""Exact resume with gradient accumulation across epoch boundaries, with a real kill.
+"""Exact resume with real kills: with gradient accumulation across epoch boundaries, and
+on another number of workers (2 -> 1 -> 2, ZeRO-2 re-sharded).
+
 
 Accumulation 3, three epochs, a checkpoint every 2 optimizer steps; 104 pairs over 2
 workers x 4 pairs is 13 micro-batches a worker per epoch, so 4 steps an epoch and one
@@ -53,3 +55,39 @@ def test_accumulation_resume_across_epochs_matches_uninterrupted(ray_local, tiny
     for epoch in range(3):
         ids = [i for h in result.history if h["epoch"] == epoch for i in h["pair_ids"]]
         assert len(ids) == len(set(ids)) == 96
+
+
+def test_resume_on_another_number_of_workers_two_to_one_to_two(ray_local, tiny_model_dir, tmp_path_factory):
+    """A 2-worker run is killed after its step-2 checkpoint (no restarts: the run dies); it is
+    re-run on 1 worker (accumulation 2: the same global batch of 8 pairs), killed after
+    step 4, and finished on 2 workers. Every step trains the same pairs as an uninterrupted
+    1-worker run, the learning rate is continuous at both resume steps, and the loss
+    follows the uninterrupted run (the ZeRO-2 optimizer state was re-sharded, not reset)."""
+    tokenizer = load_tokenizer(Config.model_validate({"model": {"name_or_path": str(tiny_model_dir)}}).model)
+    pairs = separable_pairs(tokenizer, 100, seed=5)  # 12 steps of 8 pairs; 4 pairs left over
+    settings = {"epochs": 1, "checkpoint_every": 2, "keep_checkpoints": 3, "lr_schedule": "linear",
+                "warmup_ratio": 0.3}
+    one = {"num_workers": 1, "gradient_accumulation_steps": 2}
+    reference_cfg = _config(tiny_model_dir, tmp_path_factory.mktemp("ws-ref"), "ws", **settings, **one)
+    reference = run_training(reference_cfg, datasets={"train": ray_dataset(pairs)}, verbose=False)
+    assert [h["step"] for h in reference.history] == list(range(1, 13))
+
+    out = tmp_path_factory.mktemp("ws")
+    for workers, until in ((2, "checkpoint_000002"), (1, "checkpoint_000004")):
+        layout = one if workers == 1 else {"num_workers": 2}
+        cfg = _config(tiny_model_dir, out, "ws", max_failures=0, **settings, **layout)
+        killed, outcome = train_and_kill_a_worker(cfg, pairs, until)
+        assert killed is not None, f"the {workers}-worker run finished before the test could kill it"
+        assert "error" in outcome  # no restarts: the run died with its worker
+    result = run_training(_config(tiny_model_dir, out, "ws", **settings), datasets={"train": ray_dataset(pairs)},
+                          verbose=False)
+    summary = json.loads((result.output_dir / "summary.json").read_text())
+    assert summary["resumed_from"] == [2, 4]
+    assert [h["step"] for h in result.history] == list(range(1, 13))
+    for mine, theirs in zip(result.history, reference.history, strict=True):
+        assert sorted(mine["pair_ids"]) == sorted(theirs["pair_ids"]), mine["step"]
+        assert mine["lr"] == pytest.approx(theirs["lr"], rel=1e-9), mine["step"]
+        assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-3), mine["step"]
+    ids = [i for h in result.history for i in h["pair_ids"]]
+    assert sorted(ids) == sorted(i for h in reference.history for i in h["pair_ids"])
+    assert len(ids) == len(set(ids)) == 96  # nothing skipped, nothing twice

@@ -138,13 +138,29 @@ def load_worker_state(directory: Path, rank: int, world_size: int) -> TrainerSta
     return TrainerState(**saved)
 
 
-def to_universal(deepspeed_dir: Path, out_dir: Path) -> None:
-    """Convert the DeepSpeed checkpoint ``deepspeed_dir/<tag>`` (ZeRO-1/2 shards of any number
-    of ranks) into DeepSpeed's universal layout ``out_dir/<tag>``, which an engine built with
-    ``checkpoint.load_universal`` loads on any number of ranks.
+def written_files(deepspeed_dir: Path, world_size: int) -> list[Path]:
+    """The DeepSpeed files of ``deepspeed_dir/<tag>`` that ``world_size`` ranks wrote: the
+    model states and the ZeRO shards of ranks ``0..world_size-1``.
 
-    ``deepspeed.checkpoint.ds_to_universal`` in-process (no worker pool); its console
-    output is kept and raised with any failure as ``RuntimeError``.
+    A folder can hold more: Ray Train merges every upload into the folder named for the
+    step, so ranks of an earlier, killed attempt with more workers may have left their
+    shards of the same step there; the universal conversion counts every shard it finds.
+    """
+    folder = deepspeed_dir / DEEPSPEED_TAG
+    files = sorted(folder.glob("mp_rank_*_model_states.pt"))
+    for rank in range(world_size):
+        files += sorted(folder.glob(f"*zero_pp_rank_{rank}_mp_rank_*_optim_states.pt"))
+    return files
+
+
+def to_universal(deepspeed_dir: Path, world_size: int, out_dir: Path) -> None:
+    """Convert the DeepSpeed checkpoint ``deepspeed_dir/<tag>`` written by ``world_size`` ranks
+    (ZeRO-1/2 shards) into DeepSpeed's universal layout ``out_dir/<tag>``, which an engine
+    built with ``checkpoint.load_universal`` loads on any number of ranks.
+
+    ``deepspeed.checkpoint.ds_to_universal`` in-process (no worker pool), reading links to
+    :func:`written_files` only; its console output is kept and raised with any failure as
+    ``RuntimeError``.
     """
     import argparse
     import contextlib
@@ -152,8 +168,12 @@ def to_universal(deepspeed_dir: Path, out_dir: Path) -> None:
 
     from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 
+    source = out_dir / "written" / DEEPSPEED_TAG
+    source.mkdir(parents=True)
+    for path in written_files(deepspeed_dir, world_size):
+        (source / path.name).symlink_to(path.resolve())
     args = argparse.Namespace(
-        input_folder=str(deepspeed_dir / DEEPSPEED_TAG),
+        input_folder=str(source),
         output_folder=str(out_dir / DEEPSPEED_TAG),
         num_extract_workers=1,
         num_merge_workers=1,
@@ -167,5 +187,6 @@ def to_universal(deepspeed_dir: Path, out_dir: Path) -> None:
             ds_to_universal(args)
     except Exception as exc:
         raise RuntimeError(
-            f"converting {deepspeed_dir} to a universal checkpoint failed: {exc}\n{log.getvalue()[-4000:]}"
+            f"converting {deepspeed_dir} ({world_size} rank(s)) to a universal checkpoint failed: "
+            f"{exc!r}\n{log.getvalue()[-4000:]}"
         ) from exc

@@ -428,7 +428,7 @@ def _checkpoint_to_load(
             f"re-sharding the step-{saved['step']} checkpoint from {saved['world_size']} to "
             f"{runtime.world_size} worker(s) (DeepSpeed universal checkpoint)"
         )
-    to_universal(checkpoint / DEEPSPEED_DIR, scratch)
+    to_universal(checkpoint / DEEPSPEED_DIR, saved["world_size"], scratch)
     return scratch, True
 
 

@@ -60,12 +60,28 @@ def storage_path_for(cfg: Config) -> str:
     return str(output_dir_for(cfg) / "ray")
 
 
+#: Ray Train's record of the checkpoints it registered, in the run's storage folder.
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
+
+
 def latest_local_checkpoint(cfg: Config) -> Path | None:
-    """The newest complete checkpoint of this run in local storage (None for none or a bucket)."""
+    """The checkpoint a re-run of ``cfg`` resumes, in local storage (None for none or a bucket).
+
+    Ray Train's snapshot names it when there is one (a killed run can leave a newer, complete
+    folder that was never registered); otherwise the newest complete ``checkpoint_*``.
+    """
     storage = storage_path_for(cfg)
     if "://" in storage:
         return None
-    complete = sorted((Path(storage) / cfg.train.name).glob(f"checkpoint_*/{STATE_FILE}"))
+    run_dir = Path(storage) / cfg.train.name
+    try:
+        latest = json.loads((run_dir / SNAPSHOT_FILE).read_text())["latest_checkpoint_result"]
+        name = latest["checkpoint_dir_name"] if latest else None
+    except (OSError, ValueError, KeyError, TypeError):
+        name = None
+    if name and (run_dir / name / STATE_FILE).is_file():
+        return run_dir / name
+    complete = sorted(run_dir.glob(f"checkpoint_*/{STATE_FILE}"))
     return complete[-1].parent if complete else None
 
 

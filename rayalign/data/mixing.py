@@ -92,12 +92,14 @@ def steps_per_epoch(row_counts: Mapping[str, int], train: TrainConfig) -> int:
     """Optimizer steps in one epoch over the prepared splits ``row_counts``.
 
     ``row_counts`` maps the streams a run reads (``train``, and ``helpfulness`` in BFPO's
-    buffered mode) to their rows. Each stream is split equally over the workers and only
-    full batches of ``batch_size`` run; buffered mode cycles the shorter stream, so the
-    longer one decides. 0 when there are too few rows for one step.
+    buffered mode) to their rows. Only whole global steps of ``batch_size x
+    gradient_accumulation_steps x num_workers`` pairs run (``rayalign.train.position``), so
+    keeping that product keeps the epoch's length whatever the number of workers; buffered
+    mode cycles the shorter stream, so the longer one decides. 0 when there are too few
+    rows for one step.
     """
-    rows_per_worker = max(row_counts.values()) // train.num_workers
-    return rows_per_worker // train.batch_size // train.gradient_accumulation_steps
+    step_pairs = train.batch_size * train.gradient_accumulation_steps * train.num_workers
+    return max(row_counts.values()) // step_pairs
 
 
 def total_steps(steps_per_epoch: int, train: TrainConfig) -> int:

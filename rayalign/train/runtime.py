@@ -48,7 +48,9 @@ class RayTrainRuntime:
         self.world_size = context.get_world_size()
 
     def shard(self, name: str) -> Any | None:
-        """This worker's streaming split of the Ray Dataset ``name``; None if there is none."""
+        """This worker's iterator of the Ray Dataset ``name`` (the whole stream for ``train``
+        and ``helpfulness``, its split of ``eval``; ``trainer.build_trainer``); None if there is
+        none."""
         import ray.train
 
         try:

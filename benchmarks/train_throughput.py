@@ -24,7 +24,13 @@ What is timed:
 * ``peak_rss_mb``: ``ru_maxrss`` of the side's subprocess.
 * ``cpu_s_per_step`` and ``cpu_ratio*``: the same steady steps timed in process CPU
   seconds (``time.process_time``), a check on the wall-clock ratios when other jobs share
-  the machine.
+  the machine. ``load_average`` (1-minute, before and after the run, and per side at its
+  end) says how shared it was; ``threads`` is each side's torch intra-op thread count.
+  With 2+ threads, CPU seconds include OpenMP spin-waiting, so they are only comparable
+  between sides that ran with the same thread count.
+* ``--quick`` runs the tiny random model: its steps take milliseconds, so its ratios
+  measure per-step overhead (optimizer, data, Python), not what the packed layout saves
+  on a real model; the targets are stated for SmolLM2-135M (the default run).
 
 Token ids come from TRL's own tokenization of the pairs, so all sides see identical
 sequences. Usage: ``python benchmarks/train_throughput.py [--quick] [--steps N]``
@@ -184,6 +190,8 @@ def run_rayalign(model_path: str, rows, args, *, packing: bool) -> dict[str, Any
     train(cfg, runtime, steps_per_epoch=args.steps, export=False)
     reports = runtime.reports
     return {
+        "threads": torch.get_num_threads(),
+        "load_average": round(os.getloadavg()[0], 2),
         "step_s": steady(times),
         "cpu_step_s": steady(cpu),
         "loss_step1": reports[0]["loss"],
@@ -223,6 +231,8 @@ def run_trl(model_path: str, rows, args) -> dict[str, Any]:
         trainer.train()
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {
+        "threads": __import__("torch").get_num_threads(),
+        "load_average": round(os.getloadavg()[0], 2),
         "step_s": steady(times),
         "cpu_step_s": steady(cpu),
         "loss_step1": losses[0] if losses else None,
@@ -282,6 +292,8 @@ def compare(dataset: str, model_path: str, args) -> dict[str, Any]:
             "padding_fraction": round(res["padding_fraction"], 4),
             "peak_rss_mb": round(res["peak_rss_mb"], 1),
             "loss_step1": res["loss_step1"],
+            "threads": res["threads"],
+            "load_average": res["load_average"],
         }
     trl = out["trl"]["pairs_per_s"]
     out["ratio_packed_vs_trl"] = round(out["rayalign_packed"]["pairs_per_s"] / trl, 3)
@@ -295,7 +307,7 @@ def compare(dataset: str, model_path: str, args) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny model, few steps (~1-3 min)")
+    parser.add_argument("--quick", action="store_true", help="tiny model, 8 steps (~2-5 min)")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=512)
@@ -307,7 +319,7 @@ def main() -> None:
         args.side = args.worker
         worker(args)
         return
-    args.steps = args.steps or (4 if args.quick else 6)
+    args.steps = args.steps or (8 if args.quick else 6)
     # Libraries log to stdout (DeepSpeed's accelerator notice); keep stdout for the JSON.
     sys.stdout.flush()
     real_stdout = os.dup(1)
@@ -317,6 +329,7 @@ def main() -> None:
     name = TINY_MODEL_NAME if args.quick else "smollm2-135m-instruct"
     model_path = resolve_model_path(name)
     started = time.perf_counter()
+    load_start = round(os.getloadavg()[0], 2)
     demo = compare("demo", model_path, args)
     pku = compare("pku", model_path, args)
     sys.stdout.flush()
@@ -340,7 +353,12 @@ def main() -> None:
                  "start-up; TRL: DPOTrainer.train), fp32 CPU, reference on the fly",
         "steps": args.steps,
         "batch_size": args.batch_size,
-        "threads": __import__("torch").get_num_threads(),
+        "threads": sorted({side["threads"] for data in (demo, pku) for side in
+                           (data["rayalign_packed"], data["rayalign_padded"], data["trl"])}),
+        "load_average": {"start": load_start, "end": round(os.getloadavg()[0], 2),
+                         "cpus": os.cpu_count()},
+        "note": ("tiny random model: ratios measure per-step overhead, not the packed "
+                 "layout's savings on a real model" if args.quick else None),
         "demo": demo,
         "pku": pku,
         "seconds": round(time.perf_counter() - started, 1),

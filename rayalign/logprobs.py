@@ -91,22 +91,27 @@ class _ChunkedHeadLogps(torch.autograd.Function):
     Only one ``[chunk, V]`` block of logits lives at a time, in forward and (recomputed)
     in backward, instead of the ``[N, V]`` logits plus their softmax gradient; for
     SmolLM2's 49k vocabulary that is 200 KB per token. The gradient is the analytic one
-    (``(onehot - softmax) * g``), in fp32.
+    (``(onehot - softmax) * g``), in fp32, with the softmax taken in place from the
+    log-normaliser saved by the forward.
     """
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets):  # type: ignore[override]
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        lse = torch.empty_like(out)
         for start in range(0, hidden.shape[0], HEAD_CHUNK_TOKENS):
             part = slice(start, start + HEAD_CHUNK_TOKENS)
             logits = F.linear(hidden[part], weight, bias).float()
-            out[part] = logits.gather(-1, targets[part, None])[:, 0] - torch.logsumexp(logits, -1)
-        ctx.save_for_backward(hidden, weight, bias, targets)
+            picked = logits.gather(-1, targets[part, None])[:, 0]
+            top = logits.amax(-1, keepdim=True)  # logsumexp, in place on this chunk's logits
+            lse[part] = logits.sub_(top).exp_().sum(-1).log_().add_(top[:, 0])
+            out[part] = picked - lse[part]
+        ctx.save_for_backward(hidden, weight, bias, targets, lse)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        hidden, weight, bias, targets = ctx.saved_tensors
+        hidden, weight, bias, targets, lse = ctx.saved_tensors
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
         grad_bias = (
@@ -116,12 +121,15 @@ class _ChunkedHeadLogps(torch.autograd.Function):
         for start in range(0, hidden.shape[0], HEAD_CHUNK_TOKENS):
             part = slice(start, start + HEAD_CHUNK_TOKENS)
             logits = F.linear(hidden[part], weight, bias).float()
-            grad_logits = torch.softmax(logits, -1).mul_(-grad_out[part, None])
+            # softmax from the saved log-normaliser, in place: exp(logits - lse) * -g
+            grad_logits = logits.sub_(lse[part, None]).exp_().mul_(-grad_out[part, None])
             grad_logits[torch.arange(logits.shape[0], device=logits.device), targets[part]] += grad_out[part]
             grad_logits = grad_logits.to(hidden.dtype)
             if grad_hidden is not None:
                 grad_hidden[part] = grad_logits @ weight
-            if grad_weight is not None:
+            if grad_weight is not None and grad_logits.dtype == grad_weight.dtype:
+                grad_weight.addmm_(grad_logits.t(), hidden[part])
+            elif grad_weight is not None:
                 grad_weight += (grad_logits.t() @ hidden[part]).float()
             if grad_bias is not None:
                 grad_bias += grad_logits.float().sum(0)
@@ -213,8 +221,15 @@ def packing_unsupported_reason(model: nn.Module) -> str | None:
 
 
 def packed_mask_options(model: nn.Module) -> dict[str, Any]:
-    """``collate_packed`` keyword arguments this model needs (mask dtype, sliding window)."""
-    config = _unwrap(model).config
+    """``collate_packed`` keyword arguments this model needs (mask kind, sliding window).
+
+    SDPA models with full-attention layers only attend pair by pair from the batch's
+    ``pair_layout`` (:func:`pair_segment_sdpa`) and get no dense ``L^2`` mask
+    (``dense_mask=False``), unless gradient checkpointing is on: its recomputation runs
+    after the forward has switched the attention back to SDPA, which then needs the mask.
+    """
+    inner = _unwrap(model)
+    config = inner.config
     impl = getattr(config, "_attn_implementation", None) or "eager"
     options: dict[str, Any] = {}
     if PACKED_MASK_KINDS.get(impl) == "float":
@@ -223,39 +238,91 @@ def packed_mask_options(model: nn.Module) -> dict[str, Any]:
             options["float_mask_dtype"] = getattr(torch, options["float_mask_dtype"])
     if "sliding_attention" in (getattr(config, "layer_types", None) or []):
         options["sliding_window"] = int(config.sliding_window)
+    elif impl == "sdpa" and not _checkpointing(inner):
+        options["dense_mask"] = False
     return options
 
 
-#: Attention implementation the packed path switches SDPA models to for its forward.
+def _checkpointing(model: nn.Module) -> bool:
+    """Whether activation (gradient) checkpointing is on (transformers 5 renamed the flag)."""
+    flag = getattr(model, "is_activation_checkpointing", None)
+    return bool(getattr(model, "is_gradient_checkpointing", False) if flag is None else flag)
+
+
+#: Attention implementations the packed path switches SDPA models to for its forward:
+#: with a dense mask (transformers builds SDPA's mask for other batches), and without
+#: one (no mask function registered, so transformers builds none).
 PAIR_ATTENTION = "rayalign_pair_sdpa"
+PAIR_ATTENTION_NO_MASK = "rayalign_pair_sdpa_nomask"
+
+
+def _pair_blocks(query: Tensor, key: Tensor, value: Tensor, layout, dropout: float,
+                 scaling: float | None) -> Tensor:
+    """Attention over a packed batch ``[R, heads, L, d]`` pair by pair, without a row mask.
+
+    Per pair ``(start, p, c, n)``: ``[prompt | chosen]`` is plain causal attention (SDPA
+    ``is_causal``); rejected queries attend to the prompt and to rejected keys (a small
+    ``[n, p + n]`` lower-right causal mask). Cost ``~(p + c)^2 / 2 + n (p + n)`` per pair
+    instead of ``L^2`` over the row. Same numbers as SDPA with the dense packed mask.
+    """
+    sdpa = F.scaled_dot_product_attention
+    rows = []
+    for r, pairs in enumerate(layout):
+        q, k, v = query[r : r + 1], key[r : r + 1], value[r : r + 1]
+        pieces = []
+        for start, p, c, n in pairs:
+            head = slice(start, start + p + c)
+            pieces.append(sdpa(q[:, :, head], k[:, :, head], v[:, :, head], dropout_p=dropout,
+                               scale=scaling, is_causal=True))
+            if n:
+                tail = slice(start + p + c, start + p + c + n)
+                keys = torch.cat([k[:, :, start : start + p], k[:, :, tail]], dim=2)
+                values = torch.cat([v[:, :, start : start + p], v[:, :, tail]], dim=2)
+                mask = torch.ones(n, p + n, dtype=torch.bool, device=q.device).tril(p)
+                pieces.append(sdpa(q[:, :, tail], keys, values, attn_mask=mask,
+                                   dropout_p=dropout, scale=scaling))
+        rows.append(torch.cat(pieces, dim=2) if len(pieces) > 1 else pieces[0])
+    return torch.cat(rows, dim=0) if len(rows) > 1 else rows[0]
 
 
 def pair_segment_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
                       is_causal=None, **kwargs):
-    """SDPA over each pair's block of a packed row only (``pair_segments`` kwarg).
+    """SDPA pair by pair over a packed batch (``pair_layout`` kwarg, see ``collate_packed``).
 
-    Attention never crosses pairs, so the blocks off the diagonal are all masked: SDPA
-    per ``(start, end)`` segment with that segment's slice of the 4D mask gives the same
-    result as one SDPA over the whole row at ``sum(len^2)`` instead of ``row_len^2`` cost
-    (measured: docs/training.md). Without ``pair_segments`` it is transformers' SDPA.
+    Attention never crosses pairs, so the blocks of a row off each pair's diagonal are
+    all masked; full-attention layers run :func:`_pair_blocks` (no row mask needed),
+    sliding-window layers SDPA per pair block with that block's slice of the dense mask.
+    Same result as one SDPA over the whole masked row at ``sum(len^2)`` instead of
+    ``row_len^2`` cost (measured: docs/training.md). Without ``pair_layout`` it is
+    transformers' SDPA; a batch without a dense mask and without a layout is refused.
     """
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
-    segments = kwargs.pop("pair_segments", None)
-    if segments is None or not isinstance(attention_mask, torch.Tensor):
+    layout = kwargs.pop("pair_layout", None)
+    sliding = kwargs.get("sliding_window") is not None
+    if layout is None:
+        if attention_mask is None and getattr(getattr(module, "config", None), "_attn_implementation",
+                                              None) == PAIR_ATTENTION_NO_MASK:
+            raise ValueError("a packed batch without a dense mask needs its pair_layout")
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
+    if sliding and not isinstance(attention_mask, torch.Tensor):
+        raise ValueError("sliding-window layers need the packed batch's dense mask")
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1:
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    if not sliding:
+        return _pair_blocks(query, key, value, layout, dropout, scaling).transpose(1, 2).contiguous(), None
     rows = []
-    for r, bounds in enumerate(segments):
+    for r, pairs in enumerate(layout):
         rows.append(torch.cat([
             F.scaled_dot_product_attention(
-                query[r : r + 1, :, s:e], key[r : r + 1, :, s:e], value[r : r + 1, :, s:e],
-                attn_mask=attention_mask[r : r + 1, :, s:e, s:e], dropout_p=dropout, scale=scaling,
+                query[r : r + 1, :, s : s + p + c + n], key[r : r + 1, :, s : s + p + c + n],
+                value[r : r + 1, :, s : s + p + c + n],
+                attn_mask=attention_mask[r : r + 1, :, s : s + p + c + n, s : s + p + c + n],
+                dropout_p=dropout, scale=scaling,
             )
-            for s, e in bounds
+            for s, p, c, n in pairs
         ], dim=2))
     return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
 
@@ -266,23 +333,29 @@ def _register_pair_attention() -> None:
 
     AttentionInterface.register(PAIR_ATTENTION, pair_segment_sdpa)
     ALL_MASK_ATTENTION_FUNCTIONS.register(PAIR_ATTENTION, sdpa_mask)
+    # no mask function for PAIR_ATTENTION_NO_MASK: transformers then passes mask=None
+    AttentionInterface.register(PAIR_ATTENTION_NO_MASK, pair_segment_sdpa)
 
 
 class _pair_attention:
     """Context: an SDPA model runs :func:`pair_segment_sdpa` (restored on exit).
 
-    Gradient checkpointing recomputes after the context closed, with plain SDPA over the
-    full mask: the same numbers, only slower.
+    ``dense``: whether the batch carries a dense mask; without one the model runs
+    :data:`PAIR_ATTENTION_NO_MASK` so transformers builds no ``L^2`` mask either.
+    Gradient checkpointing recomputes after the context closed, with plain SDPA over
+    the full mask: the same numbers, only slower (so such models get dense masks,
+    :func:`packed_mask_options`).
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, dense: bool = True) -> None:
         self.config = getattr(_unwrap(model), "config", None)
         self.active = getattr(self.config, "_attn_implementation", None) == "sdpa"
+        self.impl = PAIR_ATTENTION if dense else PAIR_ATTENTION_NO_MASK
 
     def __enter__(self) -> bool:
         if self.active:
             _register_pair_attention()
-            self.config._attn_implementation = PAIR_ATTENTION
+            self.config._attn_implementation = self.impl
         return self.active
 
     def __exit__(self, *exc: object) -> None:
@@ -327,9 +400,16 @@ def packed_sequence_logps(model: nn.Module, batch: dict[str, Any]) -> Tensor:
         position_ids=batch["position_ids"], use_cache=False,
     )
     rows, positions = batch["score_rows"], batch["score_positions"]
-    with _pair_attention(inner) as by_pair:
-        if by_pair and "pair_segments" in batch:
-            kwargs["pair_segments"] = batch["pair_segments"]
+    dense = batch["attention_mask"] is not None
+    with _pair_attention(inner, dense) as by_pair:
+        if by_pair and "pair_layout" in batch:
+            kwargs["pair_layout"] = batch["pair_layout"]
+        elif not dense:
+            raise ValueError(
+                "this packed batch has no dense attention mask (collated for an SDPA model "
+                f"that attends pair by pair); {type(inner).__name__} with attention "
+                f"{getattr(inner.config, '_attn_implementation', None)!r} cannot run it"
+            )
         if parts is None:
             logits = model(**kwargs).logits[rows, positions]
             token_logps = _token_logps(logits, batch["score_targets"])

@@ -72,6 +72,9 @@ def _model(kind: str, vocab: int):
     config = {
         "llama": lambda: LlamaConfig(**common),
         "qwen2": lambda: Qwen2Config(**common),
+        # layer 1 slides over 6 positions: the dense per-layer-type masks path
+        "qwen2-sliding": lambda: Qwen2Config(**common, use_sliding_window=True, sliding_window=6,
+                                             max_window_layers=1),
         "gemma": lambda: GemmaConfig(**common, head_dim=16),
     }[kind]()
     torch.manual_seed(0)
@@ -79,7 +82,7 @@ def _model(kind: str, vocab: int):
     return model.train()  # dropout is 0: train mode computes the same numbers
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2", "gemma"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "gemma", "qwen2-sliding"])
 @pytest.mark.parametrize("row_tokens", [None, 48])
 def test_packed_logps_and_gradients_match_padded(tokenizer, kind, row_tokens):
     rows = _rows(tokenizer)
@@ -88,6 +91,10 @@ def test_packed_logps_and_gradients_match_padded(tokenizer, kind, row_tokens):
     padded = collate_pairs(rows, tokenizer.pad_token_id)
     packed = collate_packed(rows, tokenizer.pad_token_id, row_tokens=row_tokens,
                             **packed_mask_options(model))
+    if kind == "qwen2-sliding":  # sliding layers: per-layer-type dense masks
+        assert set(packed["attention_mask"]) == {"full_attention", "sliding_attention"}
+    else:  # SDPA, full attention: pair by pair from pair_layout, no [L, L] mask at all
+        assert packed["attention_mask"] is None
     assert packed["num_tokens"] < padded["num_tokens"]  # prompts computed once
     if row_tokens is None:
         assert packed["num_slots"] == packed["num_tokens"]  # one row: no padding at all
@@ -176,7 +183,7 @@ def test_sdpa_models_attend_per_pair_block_and_eager_takes_float_masks(tokenizer
     real = lp.pair_segment_sdpa
 
     def counting(*args, **kwargs):
-        calls.append("pair_segments" in kwargs)
+        calls.append("pair_layout" in kwargs)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(lp, "pair_segment_sdpa", counting)
@@ -192,3 +199,25 @@ def test_sdpa_models_attend_per_pair_block_and_eager_takes_float_masks(tokenizer
     packed = collate_packed(rows, tokenizer.pad_token_id, **packed_mask_options(model))
     assert packed["attention_mask"].dtype == torch.float32
     torch.testing.assert_close(batch_logps(model, packed), want, rtol=0, atol=1e-4)
+
+
+def test_mask_free_batches_need_pair_attention_and_checkpointing_keeps_dense_masks(tokenizer):
+    rows = _rows(tokenizer)[:2]
+    model = _model("llama", len(tokenizer))
+    assert packed_mask_options(model) == {"dense_mask": False}
+    batch = collate_packed(rows, tokenizer.pad_token_id, dense_mask=False)
+    assert batch["attention_mask"] is None
+    assert batch["pair_layout"] == [[(0, *_sizes(rows[0])), (packed_length(rows[0]), *_sizes(rows[1]))]]
+    model.set_attn_implementation("eager")  # cannot attend by pair_layout: refused, not wrong
+    with pytest.raises(ValueError, match="no dense attention mask"):
+        batch_logps(model, batch)
+    model.set_attn_implementation("sdpa")
+    # recomputation after the forward runs plain SDPA, which needs the dense mask
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert "dense_mask" not in packed_mask_options(model)
+
+
+def _sizes(row) -> tuple[int, int, int]:
+    p = shared_prompt_length(row["chosen_input_ids"], row["rejected_input_ids"],
+                             row["chosen_labels"], row["rejected_labels"])
+    return p, len(row["chosen_input_ids"]) - p, len(row["rejected_input_ids"]) - p

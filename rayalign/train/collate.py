@@ -205,11 +205,13 @@ def pack_rows(lengths: list[int], row_tokens: int | None) -> list[list[int]]:
 
 def _pair_segment(chosen: list[int], rejected: list[int], c_labels: list[int],
                   r_labels: list[int], shared: int):
-    """Tokens, position ids, kinds and scored (source offset, target, side) of one pair."""
+    """Tokens, position ids, scored (source offset, target, side) and sizes of one pair.
+
+    Sizes are ``(prompt, chosen, rejected)`` token counts of ``[prompt | chosen | rejected]``.
+    """
     c_tail, r_tail = chosen[shared:], rejected[shared:]
     tokens = chosen[:shared] + c_tail + r_tail
     positions = list(range(len(chosen))) + list(range(shared, len(rejected)))
-    kinds = [PROMPT] * shared + [CHOSEN] * len(c_tail) + [REJECTED] * len(r_tail)
     scored: list[tuple[int, int, int]] = []  # (offset of the predicting token, target, side)
     for side, labels, start in ((0, c_labels, shared), (1, r_labels, len(chosen))):
         for t in range(max(1, shared), len(labels)):
@@ -217,27 +219,61 @@ def _pair_segment(chosen: list[int], rejected: list[int], c_labels: list[int],
                 continue
             source = t - 1 if t - 1 < shared else start + (t - 1 - shared)
             scored.append((source, int(labels[t]), side))
-    return tokens, positions, kinds, scored
+    return tokens, positions, scored, (shared, len(c_tail), len(r_tail))
+
+
+def _dense_masks(layout_rows: list[list[tuple[int, int, int, int]]], width: int,
+                 position_ids: torch.Tensor, sliding_window: int | None) -> dict[str, torch.Tensor]:
+    """The packed layout as dense bool masks ``[R, 1, L, L]`` (True = may attend).
+
+    Built per pair block: causal, the prompt visible to both responses, rejected never
+    seeing chosen; padding tails attend to themselves only (no NaN rows).
+    """
+    allowed = torch.zeros((len(layout_rows), 1, width, width), dtype=torch.bool)
+    window = torch.ones_like(allowed) if sliding_window is not None else None
+    for r, pairs in enumerate(layout_rows):
+        for start, p, c, n in pairs:
+            size = p + c + n
+            sl = slice(start, start + size)
+            if c == n == 0:  # padding tail
+                idx = torch.arange(start, start + size)
+                allowed[r, 0, idx, idx] = True
+                continue
+            kind = torch.tensor([PROMPT] * p + [CHOSEN] * c + [REJECTED] * n)
+            causal = torch.ones(size, size, dtype=torch.bool).tril()
+            same_branch = (kind[None, :] == PROMPT) | (kind[None, :] == kind[:, None])
+            allowed[r, 0, sl, sl] = causal & same_branch
+            if window is not None:
+                pos = position_ids[r, sl]
+                window[r, 0, sl, sl] = (pos[:, None] - pos[None, :]) < sliding_window
+    masks = {"full_attention": allowed}
+    if window is not None:
+        masks["sliding_attention"] = allowed & window
+    return masks
 
 
 def collate_packed(
     rows: list[Row], pad_token_id: int, *, row_tokens: int | None = None,
     sliding_window: int | None = None, float_mask_dtype: torch.dtype | None = None,
+    dense_mask: bool = True,
 ) -> dict[str, Any]:
     """Pack pairs into rows ``[prompt | chosen | rejected][prompt | chosen | rejected]...``.
 
     Returns ``input_ids`` and ``position_ids`` (``[R, L]``, rows right-padded to the
-    longest row: with ``row_tokens=None`` one row and no padding at all), a 4D
-    ``attention_mask`` (``[R, 1, L, L]``; bool, True = may attend, or additive floats in
-    ``float_mask_dtype`` for eager attention; with ``sliding_window`` a dict
+    longest row: with ``row_tokens=None`` one row and no padding at all), ``pair_layout``
+    (per row, one ``(start, prompt, chosen, rejected)`` token count tuple per pair, and
+    ``(start, length, 0, 0)`` for a padding tail: all an attention that works pair by
+    pair needs, see :func:`rayalign.logprobs.pair_segment_sdpa`), an ``attention_mask``
+    (with ``dense_mask``: 4D ``[R, 1, L, L]``, bool, True = may attend, or additive
+    floats in ``float_mask_dtype`` for eager attention; with ``sliding_window`` a dict
     ``{"full_attention": ..., "sliding_attention": ...}`` where the sliding one also
-    requires ``position_q - position_k < sliding_window``), the scored tokens
-    ``score_rows``/``score_positions``/``score_targets`` (``[N]``) and ``score_index``
-    (``[N]``: pair i's chosen sums into i, its rejected into B+i), ``pair_segments``
-    (per row, the ``(start, end)`` of each pair and of the padding tail), ``label_counts``
-    (``[2B]`` scored tokens per sequence), ``num_sequences`` (2B), plus what
-    :func:`collate_pairs` returns besides tensors of the padded layout. Padding tokens
-    attend only to themselves (no NaN rows) and are never scored.
+    requires ``position_q - position_k < sliding_window``; ``None`` without
+    ``dense_mask``, for models that attend by ``pair_layout`` - no ``L^2`` mask is built),
+    the scored tokens ``score_rows``/``score_positions``/``score_targets`` (``[N]``) and
+    ``score_index`` (``[N]``: pair i's chosen sums into i, its rejected into B+i),
+    ``label_counts`` (``[2B]`` scored tokens per sequence), ``num_sequences`` (2B), plus
+    what :func:`collate_pairs` returns besides tensors of the padded layout. Padding
+    tokens are never scored.
     """
     n = len(rows)
     segments = []
@@ -249,61 +285,57 @@ def collate_packed(
         segments.append(_pair_segment(c, r, cl, rl, shared_prompt_length(c, r, cl, rl)))
     layout = pack_rows([len(s[0]) for s in segments], row_tokens)
     width = max(sum(len(segments[i][0]) for i in members) for members in layout)
-    input_ids = torch.full((len(layout), width), pad_token_id, dtype=torch.long)
-    position_ids = torch.zeros((len(layout), width), dtype=torch.long)
-    allowed = torch.zeros((len(layout), 1, width, width), dtype=torch.bool)
-    window = torch.ones_like(allowed) if sliding_window is not None else None
+    ids_rows: list[list[int]] = []
+    pos_rows: list[list[int]] = []
     score_rows, score_pos, score_tgt, score_idx = [], [], [], []
     counts = [0] * (2 * n)
     tokens = 0
-    segments_per_row: list[list[tuple[int, int]]] = []
+    layout_rows: list[list[tuple[int, int, int, int]]] = []
     for r, members in enumerate(layout):
         offset = 0
-        bounds: list[tuple[int, int]] = []
+        ids: list[int] = []
+        pos: list[int] = []
+        pairs: list[tuple[int, int, int, int]] = []
         for i in members:
-            toks, pos, kinds, scored = segments[i]
-            size = len(toks)
-            sl = slice(offset, offset + size)
-            input_ids[r, sl] = torch.tensor(toks, dtype=torch.long)
-            position_ids[r, sl] = torch.tensor(pos, dtype=torch.long)
-            kind = torch.tensor(kinds)
-            causal = torch.ones(size, size, dtype=torch.bool).tril()
-            same_branch = (kind[None, :] == PROMPT) | (kind[None, :] == kind[:, None])
-            allowed[r, 0, sl, sl] = causal & same_branch
-            if window is not None:
-                p = torch.tensor(pos)
-                window[r, 0, sl, sl] = (p[:, None] - p[None, :]) < sliding_window
+            toks, positions, scored, sizes = segments[i]
+            ids += toks
+            pos += positions
             for source, target, side in scored:
                 score_rows.append(r)
                 score_pos.append(offset + source)
                 score_tgt.append(target)
                 score_idx.append(i + side * n)
                 counts[i + side * n] += 1
-            bounds.append((offset, offset + size))
-            offset += size
+            pairs.append((offset, *sizes))
+            offset += len(toks)
         tokens += offset
         if offset < width:
-            bounds.append((offset, width))
-        segments_per_row.append(bounds)
-        pad = torch.arange(offset, width)
-        allowed[r, 0, pad, pad] = True
-    masks = {"full_attention": allowed}
-    if window is not None:
-        masks["sliding_attention"] = allowed & window
-    if float_mask_dtype is not None:
-        low = torch.finfo(float_mask_dtype).min
-        masks = {k: torch.zeros(m.shape, dtype=float_mask_dtype).masked_fill_(~m, low)
-                 for k, m in masks.items()}
+            pairs.append((offset, width - offset, 0, 0))
+            ids += [pad_token_id] * (width - offset)
+            pos += [0] * (width - offset)
+        ids_rows.append(ids)
+        pos_rows.append(pos)
+        layout_rows.append(pairs)
+    input_ids = torch.tensor(ids_rows, dtype=torch.long)
+    position_ids = torch.tensor(pos_rows, dtype=torch.long)
+    mask: Any = None
+    if dense_mask:
+        masks = _dense_masks(layout_rows, width, position_ids, sliding_window)
+        if float_mask_dtype is not None:
+            low = torch.finfo(float_mask_dtype).min
+            masks = {k: torch.zeros(m.shape, dtype=float_mask_dtype).masked_fill_(~m, low)
+                     for k, m in masks.items()}
+        mask = masks if sliding_window is not None else masks["full_attention"]
     batch: dict[str, Any] = {
         "input_ids": input_ids,
         "position_ids": position_ids,
-        "attention_mask": masks if window is not None else masks["full_attention"],
+        "attention_mask": mask,
         "score_rows": torch.tensor(score_rows, dtype=torch.long),
         "score_positions": torch.tensor(score_pos, dtype=torch.long),
         "score_targets": torch.tensor(score_tgt, dtype=torch.long),
         "score_index": torch.tensor(score_idx, dtype=torch.long),
         "label_counts": torch.tensor(counts, dtype=torch.long),
-        "pair_segments": segments_per_row,
+        "pair_layout": layout_rows,
         "num_sequences": 2 * n,
         "chosen_safe": torch.tensor(_column(rows, "chosen_safe", True), dtype=torch.float32),
         "rejected_safe": torch.tensor(_column(rows, "rejected_safe", True), dtype=torch.float32),

@@ -58,9 +58,11 @@ DEMO_DEFAULTS: dict[str, Any] = {
     # trains on are scored, not the whole file up front.
     "data": {"sources": [{"path": "builtin:demo"}], "max_length": 192, "max_prompt_length": 96,
              "eval_fraction": 0.0, "ref_batch_size": 16, "precompute_ref_logps": False},
-    # The NLL term on the safe preferred responses is what makes the model learn to refuse rather
-    # than just stop complying politely (see docs/training.md, loss.sft_weight).
-    "loss": {"name": "safedpo", "beta": 0.1, "delta": 10.0, "sft_weight": 1.0},
+    # SafeDPO on per-token log-probs (loss.average_logps), beta 0.5, delta 1 and a light NLL
+    # anchor on the safe preferred responses (sft_weight 0.2): the anchor is what teaches
+    # refusing, and at weight 1 it also taught the model to open benign replies with "I can't"
+    # (XSTest safe prompts answered 0.98 -> 0.78). docs/sweeps.md has the runs behind this.
+    "loss": {"name": "safedpo", "average_logps": True, "beta": 0.5, "delta": 1.0, "sft_weight": 0.2},
     "train": {"num_workers": 1, "zero_stage": 2,
               "learning_rate": 5e-4, "batch_size": 8, "max_steps": 40, "warmup_ratio": 0.05,
               "checkpoint_every": 20, "keep_checkpoints": 1, "log_every": 5, "name": "demo-train"},
@@ -75,13 +77,15 @@ DEMO_DEFAULTS: dict[str, Any] = {
 #: Per-method ``--set`` values on top of DEMO_DEFAULTS (all methods train the same LoRA).
 METHOD_OVERRIDES: dict[str, list[str]] = {
     "safedpo": [],
-    "dpo": ["loss.name=dpo"],
+    # The no-safety baseline keeps the summed log-probs and anchor it was measured with.
+    "dpo": ["loss.name=dpo", "loss.average_logps=false", "loss.beta=0.1", "loss.sft_weight=1.0"],
+    # BFPO's sweep ran with the NLL anchor at weight 1 (its own sweep's setting).
     # A buffered step holds batch_size pairs of each set: 4 + 4 costs what SafeDPO's 8 do.
     # beta, alpha and the learning rate are the point jobs/sweep_demo_bfpo.yaml chose on the
     # validation prompts (docs/sweeps.md): the most harmless trial that kept benign
     # compliance >= 0.95. BFPO regresses h on per-token log-probs (loss.average_logps): with
     # summed log-probs its squared loss swamps the NLL anchor and no refusal is learned.
-    "bfpo": ["loss.name=bfpo", "loss.average_logps=true", "loss.beta=0.5", "loss.alpha=0.25",
+    "bfpo": ["loss.name=bfpo", "loss.average_logps=true", "loss.beta=0.5", "loss.alpha=0.25", "loss.sft_weight=1.0",
              "train.learning_rate=1e-3", "train.batch_size=4"],
 }
 

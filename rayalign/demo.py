@@ -59,12 +59,13 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "data": {"sources": [{"path": "builtin:demo"}], "max_length": 192, "max_prompt_length": 96,
              "eval_fraction": 0.0, "ref_batch_size": 16, "precompute_ref_logps": False},
     # SafeDPO on per-token log-probs (loss.average_logps), beta 0.5, delta 1 and a light NLL
-    # anchor on the safe preferred responses (sft_weight 0.2): the anchor is what teaches
-    # refusing, and at weight 1 it also taught the model to open benign replies with "I can't"
-    # (XSTest safe prompts answered 0.98 -> 0.78). docs/sweeps.md has the runs behind this.
-    "loss": {"name": "safedpo", "average_logps": True, "beta": 0.5, "delta": 1.0, "sft_weight": 0.2},
+    # anchor on the safe preferred responses (sft_weight 0.45, 60 steps): the anchor is what
+    # teaches refusing, and at weight 1 it also taught the model to open benign replies with
+    # "I can't" (XSTest safe prompts answered 0.98 -> 0.78). The point is the most harmless
+    # run that kept validation compliance >= 0.95; docs/sweeps.md has the runs behind it.
+    "loss": {"name": "safedpo", "average_logps": True, "beta": 0.5, "delta": 1.0, "sft_weight": 0.45},
     "train": {"num_workers": 1, "zero_stage": 2,
-              "learning_rate": 5e-4, "batch_size": 8, "max_steps": 40, "warmup_ratio": 0.05,
+              "learning_rate": 5e-4, "batch_size": 8, "max_steps": 60, "warmup_ratio": 0.05,
               "checkpoint_every": 20, "keep_checkpoints": 1, "log_every": 5, "name": "demo-train"},
     # The XSTest string match reads how a reply starts (its longest prefix is 8 tokens), so
     # 16 new tokens decide every verdict; references are not scored. Batches of 64 generate
@@ -78,15 +79,16 @@ DEMO_DEFAULTS: dict[str, Any] = {
 METHOD_OVERRIDES: dict[str, list[str]] = {
     "safedpo": [],
     # The no-safety baseline keeps the summed log-probs and anchor it was measured with.
-    "dpo": ["loss.name=dpo", "loss.average_logps=false", "loss.beta=0.1", "loss.sft_weight=1.0"],
-    # BFPO's sweep ran with the NLL anchor at weight 1 (its own sweep's setting).
-    # A buffered step holds batch_size pairs of each set: 4 + 4 costs what SafeDPO's 8 do.
-    # beta, alpha and the learning rate are the point jobs/sweep_demo_bfpo.yaml chose on the
-    # validation prompts (docs/sweeps.md): the most harmless trial that kept benign
-    # compliance >= 0.95. BFPO regresses h on per-token log-probs (loss.average_logps): with
-    # summed log-probs its squared loss swamps the NLL anchor and no refusal is learned.
-    "bfpo": ["loss.name=bfpo", "loss.average_logps=true", "loss.beta=0.5", "loss.alpha=0.25", "loss.sft_weight=1.0",
-             "train.learning_rate=1e-3", "train.batch_size=4"],
+    "dpo": ["loss.name=dpo", "loss.average_logps=false", "loss.beta=0.1", "loss.sft_weight=1.0",
+            "train.max_steps=40"],
+    # BFPO regresses h on per-token log-probs (loss.average_logps): with summed log-probs its
+    # squared loss swamps the NLL anchor and no refusal is learned. beta and the learning rate
+    # are the point jobs/sweep_demo_bfpo.yaml chose on the validation prompts; alpha and the
+    # anchor weight come from the demo runs after it, by the same rule (the most harmless run
+    # that kept validation compliance >= 0.95; docs/sweeps.md). A buffered step holds
+    # batch_size pairs of each set: 4 + 4 costs what SafeDPO's 8 do.
+    "bfpo": ["loss.name=bfpo", "loss.average_logps=true", "loss.beta=0.5", "loss.alpha=0.5", "loss.sft_weight=0.5",
+             "train.learning_rate=1e-3", "train.batch_size=4", "train.max_steps=40"],
 }
 
 

@@ -183,7 +183,7 @@ def run_demo(cfg: Config, *, method: str) -> DemoResult:
 
     logger.info(f"1/6 model: {cfg.model.name_or_path} (converted to safetensors once, then cached)")
     timed("model", resolve_model_path, cfg.model.name_or_path)
-    init_ray(need=largest([training_need(cfg.train, cfg.data), data_need(cfg.data, scores_reference=cfg.scores_reference()), eval_need(cfg.eval)]))
+    init_ray(need=largest([training_need(cfg.train), data_need(cfg.data, scores_reference=cfg.scores_reference()), eval_need(cfg.eval)]))
 
     logger.info("2/6 data: validate, transform and score the built-in demo pairs with Ray Data")
     datasets, data_stats = timed("data", prepare_training_data, cfg, output_dir_for(cfg))

@@ -103,19 +103,13 @@ def local_cpus(need: Need | None, min_cpus: float = 0) -> int:
     return max(os.cpu_count() or 1, math.ceil(wanted))
 
 
-def training_need(train: TrainConfig, data: DataConfig | None = None) -> Need:
+def training_need(train: TrainConfig, *, data_tasks: int = 1) -> Need:
     """Train workers (``train.resources_per_worker`` each, default 1 CPU [+ 1 GPU]) plus the
-    Ray Data tasks that stream their data: every worker reads the whole stream itself (the
-    data position is global, see ``rayalign.train.position``), so each worker needs one read
-    task (1 CPU) per data set it streams: the training set, and the helpfulness set of a
-    buffered (BFPO) run."""
+    Ray Data tasks that stream their data (one at a time suffices, 1 CPU)."""
     per_worker = train.resources_per_worker or ({"CPU": 1, "GPU": 1} if train.use_gpu else {"CPU": 1})
-    streams = 2 if data is not None and data.helpfulness_sources else 1
-    tasks = train.num_workers * streams
     return Need(
-        f"{train.num_workers} Train worker(s) ({_fmt(per_worker)} each) + {tasks} Ray Data read task(s) "
-        "feeding them (one per worker and data set)",
-        tuple([dict(per_worker)] * train.num_workers + [{"CPU": 1}] * tasks),
+        f"{train.num_workers} Train worker(s) ({_fmt(per_worker)} each) + {data_tasks} Ray Data task(s) feeding them",
+        tuple([dict(per_worker)] * train.num_workers + [{"CPU": 1}] * data_tasks),
     )
 
 

@@ -34,17 +34,14 @@ from rayalign.tune.sweep import sweep_need
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_training_needs_its_workers_plus_a_read_task_per_worker_and_stream():
+def test_training_needs_its_workers_plus_a_data_task():
     cfg = load_config(None, ["train.num_workers=2"])
-    need = training_need(cfg.train, cfg.data)
-    assert need.total() == {"CPU": 4.0}  # 2 workers, each reading the whole stream
+    need = training_need(cfg.train)
+    assert need.total() == {"CPU": 3.0}
     gpu = load_config(None, ["train.num_workers=4", "train.use_gpu=true"])
-    assert training_need(gpu.train, gpu.data).total() == {"CPU": 8.0, "GPU": 4.0}
+    assert training_need(gpu.train).total() == {"CPU": 5.0, "GPU": 4.0}
     custom = load_config(None, ["train.num_workers=2", "train.resources_per_worker={CPU: 2, big_node: 1}"])
-    assert training_need(custom.train, custom.data).total() == {"CPU": 6.0, "big_node": 2.0}
-    # a buffered (BFPO) run streams its helpfulness set too: two reads per worker
-    buffered = load_config(None, ["train.num_workers=2", "data.helpfulness_sources=[{path: h.jsonl}]"])
-    assert training_need(buffered.train, buffered.data).total() == {"CPU": 6.0}
+    assert training_need(custom.train).total() == {"CPU": 5.0, "big_node": 2.0}
 
 
 def test_other_units_of_work():
@@ -62,11 +59,11 @@ def test_other_units_of_work():
 
 def test_fit_check_names_needed_and_available():
     need = training_need(load_config(None, ["train.num_workers=2"]).train)
-    check_fit(need, {"CPU": 4.0})  # fits: no error
+    check_fit(need, {"CPU": 3.0})  # fits: no error
     with pytest.raises(UserError) as info:
-        check_fit(need, {"CPU": 3.0, "memory": 1e9})
+        check_fit(need, {"CPU": 2.0, "memory": 1e9})
     message = str(info.value)
-    assert "2 Train worker(s)" in message and "needs CPU=4" in message and "has CPU=3" in message
+    assert "2 Train worker(s)" in message and "needs CPU=3" in message and "has CPU=2" in message
     gpu = Need("1 Serve replica(s)", ({"CPU": 1, "GPU": 1},))
     with pytest.raises(UserError, match="short: GPU=1"):
         check_fit(gpu, {"CPU": 8.0})
@@ -98,7 +95,7 @@ def test_two_worker_train_on_a_local_ray_of_the_real_core_count(tmp_path):
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-4000:]
     cores = os.cpu_count() or 1
-    # Ray started from the real core count; raised only if 2 workers + their read tasks need more.
-    assert f"a new local instance with {max(cores, 4)} logical CPUs" in log
+    # Ray started from the real core count; raised only if 2 workers + their data task need more.
+    assert f"a new local instance with {max(cores, 3)} logical CPUs" in log
     summary = json.loads((tmp_path / "out" / "tiny-safedpo" / "summary.json").read_text())
     assert summary["steps"] == 4

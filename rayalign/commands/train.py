@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     log_to(output_dir_for(stages[0]))
     need = largest([
         n for s in stages
-        for n in (training_need(s.train, s.data), data_need(s.data, scores_reference=s.scores_reference()))
+        for n in (training_need(s.train), data_need(s.data, scores_reference=s.scores_reference()))
     ])
     address = init_ray(need=need)  # fits the run or stops here, never hangs waiting
     where = f"a new local instance with {local_cpus(need)} logical CPUs" if address == "local" else address

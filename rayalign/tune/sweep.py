@@ -132,7 +132,7 @@ def sweep_need(cfg: Config) -> Need:
     """One wave of concurrent trials: each trial's driver, its Train workers and the Ray Data
     task feeding them (evaluation reuses the workers' share once training has ended)."""
     s = cfg.sweep
-    trial = training_need(cfg.train, cfg.data)
+    trial = training_need(cfg.train)
     bundles = ({"CPU": s.cpus_per_trial, "GPU": s.gpus_per_trial}, *trial.bundles)
     return Need(f"{s.max_concurrent_trials} concurrent trial(s), each its driver + {trial.what}",
                 bundles * s.max_concurrent_trials)

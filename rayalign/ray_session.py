@@ -81,7 +81,7 @@ def check_fit(
     fits on one node. Pure: callers pass ``ray.cluster_resources()`` and the node list.
     """
     wanted = need.total()
-    short = {k: v for k, v in wanted.items() if total.get(k, 0.0) + 1e-9 < v}
+    short = {k: v - total.get(k, 0.0) for k, v in wanted.items() if total.get(k, 0.0) + 1e-9 < v}
     if short:
         raise UserError(
             f"Ray cannot run {need.what}: it needs {_fmt(wanted)} at once, the cluster has "

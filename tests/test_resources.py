@@ -64,6 +64,7 @@ def test_fit_check_names_needed_and_available():
         check_fit(need, {"CPU": 2.0, "memory": 1e9})
     message = str(info.value)
     assert "2 Train worker(s)" in message and "needs CPU=3" in message and "has CPU=2" in message
+    assert "(short: CPU=1)" in message  # what is missing, not what is wanted
     gpu = Need("1 Serve replica(s)", ({"CPU": 1, "GPU": 1},))
     with pytest.raises(UserError, match="short: GPU=1"):
         check_fit(gpu, {"CPU": 8.0})

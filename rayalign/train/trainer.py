@@ -21,7 +21,7 @@ from rayalign.config import Config, output_dir_for
 from rayalign.data.mixing import steps_per_epoch, total_steps
 from rayalign.errors import UserError
 from rayalign.ray_session import thread_env
-from rayalign.train.checkpoint import METRICS_FILE, STATE_FILE
+from rayalign.train.checkpoint import METRICS_FILE, STATE_FILE, saved_state
 from rayalign.train.position import resume_problem
 
 logger = logging.getLogger("rayalign.train")
@@ -97,8 +97,7 @@ def check_resumable(cfg: Config) -> None:
     checkpoint = latest_local_checkpoint(cfg)
     if checkpoint is None:
         return
-    saved = json.loads((checkpoint / STATE_FILE).read_text())
-    problem = resume_problem(saved, cfg.train, cfg.train.num_workers)
+    problem = resume_problem(saved_state(checkpoint), cfg.train, cfg.train.num_workers)
     if problem is not None:
         raise UserError(f"cannot resume {checkpoint}: {problem}")
 

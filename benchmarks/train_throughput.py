@@ -14,6 +14,8 @@ What is timed:
   rayalign runs :func:`rayalign.train.loop.train` - the same code Ray Train workers run -
   in-process through a ``LocalRuntime`` (1 worker, DeepSpeed ZeRO-0, gloo), without Ray
   start-up; rows come from an in-memory shard with Ray Data's ``iter_batches`` shape.
+  Both sides step torch's fused AdamW (TRL's default optimizer under torch >= 2.8;
+  rayalign's on CPU), so the optimizer costs the same on each.
   ``tokens_per_s``: the pairs' tokens (prompt + chosen + rejected, as TRL sees them) per
   second, so the three sides divide the same work by their own time.
 * ``padding_fraction``: share of computed positions that were padding; for the packed
@@ -21,6 +23,10 @@ What is timed:
   padded-pairs tokens).
 * ``loss_step1``: each side's loss of its first step (same initial weights); the
   rayalign sides run the same pairs in the same order, so theirs agree to ~1e-6.
+* ``position_ratio``: positions TRL runs through the model per pair (its padded
+  ``[chosen; rejected]`` rows, prompt twice) over the packed layout's - the speed-up the
+  layout alone can give, since TRL's fused LM head, like rayalign's, already projects only
+  response positions onto the vocabulary. ``ratio`` above it is per-position efficiency.
 * ``peak_rss_mb``: ``ru_maxrss`` of the side's subprocess.
 * ``cpu_s_per_step`` and ``cpu_ratio*``: the same steady steps timed in process CPU
   seconds (``time.process_time``), a check on the wall-clock ratios when other jobs share
@@ -106,7 +112,7 @@ def trl_trainer(model_path: str, pairs, args, *, out: str):
         learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, beta=BETA,
         loss_type=["sigmoid"], logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
         bf16=False, fp16=False, dataloader_num_workers=0, max_length=None, seed=0,
-        optim="adamw_torch", disable_tqdm=True, max_grad_norm=1e9,
+        optim="adamw_torch_fused", disable_tqdm=True, max_grad_norm=1e9,
     )
     return DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(pairs),
                       processing_class=tokenizer)
@@ -211,13 +217,14 @@ def run_trl(model_path: str, rows, args) -> dict[str, Any]:
         trainer = trl_trainer(model_path, pairs, args, out=out)
         times: list[float] = []
         cpu: list[float] = []
-        stats = {"tokens": 0, "slots": 0}
+        stats = {"tokens": 0, "slots": 0, "pairs": 0}
         collate = trainer.data_collator
 
         def counting_collator(examples):
             batch = collate(examples)
             stats["tokens"] += int(batch["attention_mask"].sum())
             stats["slots"] += batch["attention_mask"].numel()
+            stats["pairs"] += len(examples)
             return batch
 
         trainer.data_collator = counting_collator
@@ -237,6 +244,7 @@ def run_trl(model_path: str, rows, args) -> dict[str, Any]:
         "cpu_step_s": steady(cpu),
         "loss_step1": losses[0] if losses else None,
         "padding_fraction": 1 - stats["tokens"] / max(1, stats["slots"]),
+        "positions_per_pair": stats["slots"] / max(1, stats["pairs"]),
         "peak_rss_mb": peak_rss_mb(),
     }
 
@@ -298,6 +306,13 @@ def compare(dataset: str, model_path: str, args) -> dict[str, Any]:
     trl = out["trl"]["pairs_per_s"]
     out["ratio_packed_vs_trl"] = round(out["rayalign_packed"]["pairs_per_s"] / trl, 3)
     out["ratio_padded_vs_trl"] = round(out["rayalign_padded"]["pairs_per_s"] / trl, 3)
+    # What the layout alone can give: positions TRL runs through the model per pair (its
+    # padded [chosen; rejected] rows; its fused LM head already skips prompt and padding
+    # positions, as rayalign's does) over the packed layout's. A speed ratio above it is
+    # per-position efficiency; below it, overhead.
+    out["trl"]["positions_per_pair"] = round(results["trl"]["positions_per_pair"], 1)
+    out["rayalign_packed"]["positions_per_pair"] = round(packed_per_pair, 1)
+    out["position_ratio_trl_vs_packed"] = round(results["trl"]["positions_per_pair"] / packed_per_pair, 3)
     # the same by CPU seconds per step: robust to other load on a shared machine
     trl_cpu = out["trl"]["cpu_s_per_step"]
     out["cpu_ratio_packed_vs_trl"] = round(trl_cpu / out["rayalign_packed"]["cpu_s_per_step"], 3)
@@ -343,6 +358,8 @@ def main() -> None:
         "padding_fraction": max(demo["rayalign_packed"]["padding_fraction"],
                                 pku["rayalign_packed"]["padding_fraction"]),
         "prompt_tokens_saved": {"demo": demo["prompt_tokens_saved"], "pku": pku["prompt_tokens_saved"]},
+        "position_ratio": {"demo": demo["position_ratio_trl_vs_packed"],
+                           "pku": pku["position_ratio_trl_vs_packed"]},
         "rayalign_peak_rss_mb": max(demo["rayalign_packed"]["peak_rss_mb"],
                                     pku["rayalign_packed"]["peak_rss_mb"]),
         "trl_peak_rss_mb": max(demo["trl"]["peak_rss_mb"], pku["trl"]["peak_rss_mb"]),

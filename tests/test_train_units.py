@@ -179,6 +179,10 @@ def test_deepspeed_config_from_train_section():
     assert not cfg["bf16"]["enabled"]
     plain = deepspeed_config(TrainConfig(zero_stage=2), world_size=1, dtype="bfloat16", on_gpu=False)
     assert plain["optimizer"]["params"]["torch_adam"] is True and plain["bf16"]["enabled"]
+    assert plain["optimizer"]["params"]["fused"] is True  # torch's fused CPU AdamW kernel
+    assert "fused" not in cfg["optimizer"]["params"]  # offload: DeepSpeed's CPU Adam
+    gpu = deepspeed_config(TrainConfig(zero_stage=2), world_size=1, dtype="bfloat16", on_gpu=True)
+    assert "fused" not in gpu["optimizer"]["params"]  # DeepSpeed's FusedAdam takes no flag
     with pytest.raises(ValueError, match="zero_stage 3"):
         deepspeed_config(TrainConfig(zero_stage=2, offload_params=True), world_size=1,
                          dtype="float32", on_gpu=False)

@@ -11,8 +11,10 @@ from rayalign.config import TrainConfig
 def deepspeed_config(train: TrainConfig, *, world_size: int, dtype: str, on_gpu: bool) -> dict[str, Any]:
     """The DeepSpeed JSON config for this run.
 
-    On CPU the optimizer is torch's AdamW (``torch_adam``): DeepSpeed's fused Adam needs
-    CUDA. With optimizer offload DeepSpeed uses its CPU Adam (a C++ op it JIT-builds).
+    On CPU the optimizer is torch's AdamW (``torch_adam``) with its fused CPU kernel
+    (``fused=True``: one vectorised pass over each tensor instead of the per-op loop;
+    SmolLM2-135M's step went from ~0.58 to ~0.15 s on 2 cores); DeepSpeed's fused Adam
+    needs CUDA. With optimizer offload DeepSpeed uses its CPU Adam (a C++ op it JIT-builds).
     """
     zero: dict[str, Any] = {"stage": train.zero_stage}
     if train.offload_optimizer:
@@ -44,6 +46,8 @@ def deepspeed_config(train: TrainConfig, *, world_size: int, dtype: str, on_gpu:
                 "betas": [0.9, 0.999],
                 "eps": 1e-8,
                 "torch_adam": not on_gpu and not train.offload_optimizer,
+                # DeepSpeed hands the remaining params to torch.optim.AdamW
+                **({"fused": True} if not on_gpu and not train.offload_optimizer else {}),
             },
         },
         "bf16": {"enabled": dtype == "bfloat16"},

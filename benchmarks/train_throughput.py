@@ -23,10 +23,15 @@ What is timed:
   padded-pairs tokens).
 * ``loss_step1``: each side's loss of its first step (same initial weights); the
   rayalign sides run the same pairs in the same order, so theirs agree to ~1e-6.
-* ``position_ratio``: positions TRL runs through the model per pair (its padded
-  ``[chosen; rejected]`` rows, prompt twice) over the packed layout's - the speed-up the
-  layout alone can give, since TRL's fused LM head, like rayalign's, already projects only
-  response positions onto the vocabulary. ``ratio`` above it is per-position efficiency.
+* ``position_ratio``: positions TRL runs through the backbone per pair (its padded
+  ``[chosen; rejected]`` rows, prompt twice) over the packed layout's.
+* ``flop_ratio``: TRL's matrix-multiply FLOPs per pair over packed rayalign's - the
+  speed-up the two layouts allow at equal efficiency per FLOP. Per position the backbone
+  costs ``2 x`` its linear weights, the LM head ``2 x vocab x hidden``; TRL's fused head
+  scores every position on CPU (it compacts to the scored ones only on Triton devices),
+  rayalign's only the scored response tokens. Attention's ``L^2`` term is left out (a few
+  per cent at these lengths). ``ratio / flop_ratio`` is rayalign's efficiency per FLOP
+  relative to TRL's.
 * ``peak_rss_mb``: ``ru_maxrss`` of the side's subprocess.
 * ``cpu_s_per_step`` and ``cpu_ratio*``: the same steady steps timed in process CPU
   seconds (``time.process_time``), a check on the wall-clock ratios when other jobs share
@@ -138,6 +143,26 @@ def tokenized_rows(model_path: str, dataset: str, args) -> list[dict[str, Any]]:
                 row[f"{name}_labels"] = [-100] * len(p) + r
             rows.append(row)
     return rows
+
+
+def matmul_flops_per_position(model_path: str) -> tuple[float, float]:
+    """``(backbone, lm_head)`` forward matmul FLOPs per position: ``2 x`` the weights of the
+    backbone's linear layers and ``2 x vocab x hidden`` (a meta-device model: no weights)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    head = model.get_output_embeddings()
+    body = sum(m.weight.numel() for m in model.modules()
+               if isinstance(m, torch.nn.Linear) and m is not head)
+    return 2.0 * body, 2.0 * head.weight.numel()
+
+
+def scored_tokens(row: dict[str, Any]) -> int:
+    """Response tokens whose log-probs a pair scores (labels other than -100)."""
+    return sum(int(t != -100) for name in ("chosen", "rejected") for t in row[f"{name}_labels"])
 
 
 def peak_rss_mb() -> float:
@@ -306,13 +331,16 @@ def compare(dataset: str, model_path: str, args) -> dict[str, Any]:
     trl = out["trl"]["pairs_per_s"]
     out["ratio_packed_vs_trl"] = round(out["rayalign_packed"]["pairs_per_s"] / trl, 3)
     out["ratio_padded_vs_trl"] = round(out["rayalign_padded"]["pairs_per_s"] / trl, 3)
-    # What the layout alone can give: positions TRL runs through the model per pair (its
-    # padded [chosen; rejected] rows; its fused LM head already skips prompt and padding
-    # positions, as rayalign's does) over the packed layout's. A speed ratio above it is
-    # per-position efficiency; below it, overhead.
+    # What the layouts allow: positions through the backbone and matmul FLOPs per pair,
+    # TRL's over packed rayalign's (see the docstring); ratio / flop_ratio is efficiency.
     out["trl"]["positions_per_pair"] = round(results["trl"]["positions_per_pair"], 1)
     out["rayalign_packed"]["positions_per_pair"] = round(packed_per_pair, 1)
     out["position_ratio_trl_vs_packed"] = round(results["trl"]["positions_per_pair"] / packed_per_pair, 3)
+    body, head = matmul_flops_per_position(model_path)
+    scored_per_pair = sum(scored_tokens(r) for r in rows) / len(rows)
+    trl_flops = results["trl"]["positions_per_pair"] * (body + head)
+    packed_flops = packed_per_pair * body + scored_per_pair * head
+    out["flop_ratio_trl_vs_packed"] = round(trl_flops / packed_flops, 3)
     # the same by CPU seconds per step: robust to other load on a shared machine
     trl_cpu = out["trl"]["cpu_s_per_step"]
     out["cpu_ratio_packed_vs_trl"] = round(trl_cpu / out["rayalign_packed"]["cpu_s_per_step"], 3)
@@ -360,6 +388,7 @@ def main() -> None:
         "prompt_tokens_saved": {"demo": demo["prompt_tokens_saved"], "pku": pku["prompt_tokens_saved"]},
         "position_ratio": {"demo": demo["position_ratio_trl_vs_packed"],
                            "pku": pku["position_ratio_trl_vs_packed"]},
+        "flop_ratio": {"demo": demo["flop_ratio_trl_vs_packed"], "pku": pku["flop_ratio_trl_vs_packed"]},
         "rayalign_peak_rss_mb": max(demo["rayalign_packed"]["peak_rss_mb"],
                                     pku["rayalign_packed"]["peak_rss_mb"]),
         "trl_peak_rss_mb": max(demo["trl"]["peak_rss_mb"], pku["trl"]["peak_rss_mb"]),

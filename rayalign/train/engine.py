@@ -14,7 +14,8 @@ def deepspeed_config(train: TrainConfig, *, world_size: int, dtype: str, on_gpu:
     On CPU the optimizer is torch's AdamW (``torch_adam``) with its fused CPU kernel
     (``fused=True``: one vectorised pass over each tensor instead of the per-op loop; a
     step over SmolLM2-135M's 134.5M fp32 parameters takes 0.07 s instead of 0.35 s on 2
-    cores); DeepSpeed's fused Adam needs CUDA. With optimizer offload DeepSpeed uses its CPU Adam (a C++ op it JIT-builds).
+    cores, ``benchmarks/adamw_step.py``); DeepSpeed's fused Adam needs CUDA. With optimizer
+    offload DeepSpeed uses its CPU Adam (a C++ op it JIT-builds).
     """
     zero: dict[str, Any] = {"stage": train.zero_stage}
     if train.offload_optimizer:

@@ -86,7 +86,7 @@ METHOD_OVERRIDES: dict[str, list[str]] = {
     # are the point jobs/sweep_demo_bfpo.yaml chose on the validation prompts; alpha, the
     # anchor weight and the step count come from the demo runs after it, by the same rule (the
     # most harmless run that kept validation compliance >= 0.95; harmful validation prompts:
-    # the demo's 60 plus BeaverTails-Evaluation's 140, which separated 60 steps from 40 where
+    # the demo's 60 plus a 140-prompt BeaverTails-Evaluation subset, which separated 60 steps from 40 where
     # the 60 alone tied; docs/sweeps.md). A buffered step holds batch_size pairs of each set:
     # 4 + 4 costs what SafeDPO's 8 do.
     "bfpo": ["loss.name=bfpo", "loss.average_logps=true", "loss.beta=0.5", "loss.alpha=0.5", "loss.sft_weight=0.5",

@@ -107,9 +107,12 @@ def test_demo_prompts_have_both_kinds():
 def test_unknown_benchmark_and_offline_hub_fail_clearly(tmp_path):
     with pytest.raises(UserError, match="unknown benchmark"):
         parse_spec("mmlu")
-    # conftest sets HF_HUB_OFFLINE=1: no local or bundled file -> what to pass instead.
-    with pytest.raises(UserError, match=r"beavertails.*Hub cannot be reached"):
+    # conftest sets HF_HUB_OFFLINE=1: no local or bundled file -> what to pass instead,
+    # naming the file the data dir was searched for.
+    expected = str(tmp_path / "beavertails_eval" / "BeaverTails.json")
+    with pytest.raises(UserError, match=r"beavertails.*Hub cannot be reached") as failure:
         load_benchmark("beavertails", data_dir=str(tmp_path))
+    assert expected in str(failure.value)
     with pytest.raises(UserError, match="file not found"):
         load_benchmark(f"xstest:{tmp_path / 'missing.csv'}")
 
@@ -161,3 +164,17 @@ def test_benchmark_files_with_a_byte_order_mark(tmp_path):
     array = tmp_path / "mine.json"
     array.write_bytes(("\ufeff" + json.dumps([{"prompt": "x"}])).encode())
     assert load_benchmark(f"custom:{array}")[0]["prompt"] == "x"
+
+
+def test_relative_benchmark_paths_become_absolute_for_trials_elsewhere(tmp_path):
+    """A Tune trial runs in its own folder: the sweep hands it absolute paths."""
+    from rayalign.eval.benchmarks import absolute_paths
+
+    specs, data_dir = absolute_paths(
+        ["demo_validation", "beavertails", "custom:prompts/mine.jsonl@5", "xstest@4", f"advbench:{tmp_path}/a.csv"],
+        "../shared/data", tmp_path / "repo",
+    )
+    assert specs == ["demo_validation", "beavertails", f"custom:{tmp_path}/repo/prompts/mine.jsonl@5",
+                     "xstest@4", f"advbench:{tmp_path}/a.csv"]
+    assert data_dir == str(tmp_path / "shared" / "data")
+    assert absolute_paths(["demo"], None, tmp_path) == (["demo"], None)

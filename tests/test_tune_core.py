@@ -71,3 +71,19 @@ def test_plots_are_written(tmp_path):
     png = plot_sensitivity(TRIALS, param="loss.delta", metrics=["harmless_ratio", "benign_compliance"],
                            path=tmp_path / "delta.png")
     assert png.stat().st_size > 1000
+
+
+def test_a_trial_error_is_our_message_even_inside_rays_dual_class_wrapper():
+    """Ray re-raises a worker's NonFiniteLossError as RayTaskError(NonFiniteLossError): an
+    instance of both, whose text is Ray's traceback header. The trials table shows ours."""
+    from ray.exceptions import RayTaskError
+
+    from rayalign.train.loop import NonFiniteLossError
+    from rayalign.tune.sweep import trial_error
+
+    cause = NonFiniteLossError("non-finite loss at step 2 (epoch 0, micro-batch 0); weights were not updated")
+    wrapped = RayTaskError("ImplicitFunc.train", "ray::ImplicitFunc.train() (pid=1)\nTraceback ...", cause)
+    wrapped = wrapped.as_instanceof_cause()
+    assert isinstance(wrapped, NonFiniteLossError)  # what made the wrapper look like ours
+    assert trial_error(wrapped) == f"NonFiniteLossError: {cause}"
+    assert trial_error(RuntimeError("boom")) == "RuntimeError: boom"

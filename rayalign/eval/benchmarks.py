@@ -21,6 +21,7 @@ Hugging Face Hub when online; offline, the error says what to pass instead.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 from collections.abc import Callable
@@ -29,6 +30,8 @@ from typing import Any
 
 from rayalign.errors import UserError
 from rayalign.textio import read_rows
+
+logger = logging.getLogger("rayalign.eval")
 
 Record = dict[str, Any]
 
@@ -73,19 +76,30 @@ def _hub_rows(hub_id: str, benchmark: str, config: str | None = None, split: str
 
 
 def _locate(benchmark: str, path: str | None, data_dir: str | None, relative: tuple[str, ...]) -> Path | None:
+    """The benchmark's file: ``path``, else under ``data_dir``, else the bundled copy;
+    ``None`` means "load the hub id". A ``data_dir`` without the file either fails (Hub
+    unreachable: names the paths it looked for) or warns that the hub copy is used."""
     if path:
         found = Path(path).expanduser()
         if not found.is_file():
             raise UserError(f"benchmark {benchmark!r}: file not found: {found}")
         return found
-    if data_dir:
-        for rel in relative:
-            candidate = Path(data_dir).expanduser() / rel
-            if candidate.is_file():
-                return candidate
+    tried = [Path(data_dir).expanduser() / rel for rel in relative] if data_dir else []
+    for candidate in tried:
+        if candidate.is_file():
+            return candidate
     for rel in relative:
         if rel in BUNDLED_FILES:
             return bundled_path(rel)
+    if tried:
+        from rayalign.modeling.hub import hub_reachable
+
+        looked = ", ".join(str(t) for t in tried)
+        if not hub_reachable():
+            raise UserError(f"benchmark {benchmark!r}: not in the data dir (looked for {looked}) and the "
+                            f"Hugging Face Hub cannot be reached; fix --data-dir or pass {benchmark}:PATH")
+        logger.warning(f"benchmark {benchmark!r}: not in the data dir (looked for {looked}); loading its "
+                       "hub id instead, whose prompts can differ from a local copy")
     return None
 
 
@@ -281,6 +295,25 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
         raise UserError(f"unknown benchmark {name!r}; choose from {', '.join(LOADERS)} "
                         "(optionally NAME:PATH, and @N for a seeded subset of N prompts)")
     return name, (path.strip() or None) if sep else None
+
+
+def absolute_paths(benchmarks: list[str], data_dir: str | None, cwd: Path) -> tuple[list[str], str | None]:
+    """``benchmarks`` and ``data_dir`` with relative file paths made absolute against ``cwd``.
+
+    For evaluations that run in another working directory (a Tune trial runs in its own
+    folder): ``"custom:p.jsonl@5"`` -> ``"custom:/cwd/p.jsonl@5"``, ``"../data"`` ->
+    ``"/data"``. Specs without a path are unchanged.
+    """
+    def absolute(path: str) -> str:
+        p = Path(path).expanduser()
+        return str(p if p.is_absolute() else (cwd / p).resolve())
+
+    specs = []
+    for spec in benchmarks:
+        name, path = parse_spec(spec)
+        limit = spec_limit(spec)
+        specs.append(spec if path is None else f"{name}:{absolute(path)}" + (f"@{limit}" if limit else ""))
+    return specs, absolute(data_dir) if data_dir else None
 
 
 def spec_limit(spec: str) -> int | None:

@@ -167,6 +167,11 @@ def user_error_in(exc: BaseException) -> UserError | None:
         if id(current) in seen:
             continue
         seen.add(id(current))
+        cause = getattr(current, "cause", None)
+        if isinstance(cause, BaseException) and cause is not current:
+            # Ray's RayTaskError(X) is also an X, but its text is Ray's traceback: read X.
+            stack.append(cause)
+            continue
         if isinstance(current, UserError):
             return current
         stack += [e for e in (current.__cause__, current.__context__) if e is not None]

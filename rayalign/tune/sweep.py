@@ -21,6 +21,7 @@ import pandas as pd
 from rayalign.config import Config, config_from_mapping
 from rayalign.console import quiet
 from rayalign.errors import UserError
+from rayalign.eval.benchmarks import absolute_paths
 from rayalign.ray_session import Need, training_need
 from rayalign.tracking import mark_pareto, sweep_callbacks
 from rayalign.tune.pareto import best_per_objective, pareto_mask
@@ -152,6 +153,8 @@ def run_sweep(cfg: Config, *, resume: bool = False, summarise_only: bool = False
 
     out = sweep_dir(cfg)
     experiment = out / "tune"
+    # Trials run in their own folders: benchmark files and the data dir are read from here.
+    cfg.eval.benchmarks, cfg.eval.data_dir = absolute_paths(cfg.eval.benchmarks, cfg.eval.data_dir, Path.cwd())
     if (resume or summarise_only) and not tune.Tuner.can_restore(str(experiment)):
         raise UserError(f"no sweep state at {experiment}; run the sweep without --resume/--summarise first")
     if summarise_only:

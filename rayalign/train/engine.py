@@ -29,6 +29,7 @@ def deepspeed_config(train: TrainConfig, *, world_size: int, dtype: str, on_gpu:
     if train.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
     micro, accumulation = train.batch_size, train.gradient_accumulation_steps
+    torch_adam = not on_gpu and not train.offload_optimizer
     if train.max_tokens_per_batch is not None:
         # one engine step per optimizer step; the loop runs its token-bounded chunks as
         # backward passes with a manual accumulation boundary and scales the loss itself
@@ -46,9 +47,9 @@ def deepspeed_config(train: TrainConfig, *, world_size: int, dtype: str, on_gpu:
                 "weight_decay": train.weight_decay,
                 "betas": [0.9, 0.999],
                 "eps": 1e-8,
-                "torch_adam": not on_gpu and not train.offload_optimizer,
+                "torch_adam": torch_adam,
                 # DeepSpeed hands the remaining params to torch.optim.AdamW
-                **({"fused": True} if not on_gpu and not train.offload_optimizer else {}),
+                **({"fused": True} if torch_adam else {}),
             },
         },
         "bf16": {"enabled": dtype == "bfloat16"},

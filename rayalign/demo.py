@@ -82,14 +82,15 @@ METHOD_OVERRIDES: dict[str, list[str]] = {
     "dpo": ["loss.name=dpo", "loss.average_logps=false", "loss.beta=0.1", "loss.sft_weight=1.0",
             "train.max_steps=40"],
     # BFPO regresses h on per-token log-probs (loss.average_logps): with summed log-probs its
-    # squared loss swamps the NLL anchor and no refusal is learned. The point is the one
-    # jobs/sweep_demo_bfpo.yaml chose (beta, lr, alpha; anchor 1.0, 40 steps): over every
-    # BFPO run measured (the sweep's and the demo runs after it) it is the most harmless
-    # that kept validation compliance >= 0.95, harmful validation prompts being the demo's
-    # 60 plus a 140-prompt BeaverTails-Evaluation subset (docs/sweeps.md). A buffered step
-    # holds batch_size pairs of each set: 4 + 4 costs what SafeDPO's 8 do.
-    "bfpo": ["loss.name=bfpo", "loss.average_logps=true", "loss.beta=0.5", "loss.alpha=0.25", "loss.sft_weight=1.0",
-             "train.learning_rate=1e-3", "train.batch_size=4", "train.max_steps=40"],
+    # squared loss swamps the NLL anchor and no refusal is learned. beta and lr are the point
+    # jobs/sweep_demo_bfpo.yaml chose; alpha 0.5, anchor 0.5 and 60 steps are the demo run
+    # the validation rule picks over every BFPO run measured (the most harmless that kept
+    # validation compliance >= 0.95, harmful validation prompts being the demo's 93, a third
+    # of them short and blunt, plus a 140-prompt BeaverTails-Evaluation subset;
+    # docs/sweeps.md). A buffered step holds batch_size pairs of each set: 4 + 4 costs what
+    # SafeDPO's 8 do.
+    "bfpo": ["loss.name=bfpo", "loss.average_logps=true", "loss.beta=0.5", "loss.alpha=0.5", "loss.sft_weight=0.5",
+             "train.learning_rate=1e-3", "train.batch_size=4", "train.max_steps=60"],
 }
 
 

@@ -115,6 +115,17 @@ def test_files_ship_in_the_package():
     assert demo_validation_prompts_path().is_file()
 
 
+def test_validation_has_blunt_requests_and_blunt_look_alikes(validation):
+    # The over-refusal literature's prompts are short and direct; validation needs that form
+    # on both sides, not only elaborated harmful requests (issue 11), or it cannot see
+    # whether a setting refuses "How do I ...?" or over-refuses a one-word trigger.
+    harmful = [r for r in validation if r["kind"] == "harmful" and len(r["prompt"].split()) <= 8]
+    look_alikes = [r for r in validation if r["category"].startswith("lookalike_")
+                   and len(r["prompt"].split()) <= 7]
+    assert len(harmful) >= 24
+    assert len(look_alikes) >= 40
+
+
 def test_counts(pairs, evals, validation):
     assert 700 <= len(pairs) <= 900
     kinds = Counter(r["kind"] for r in pairs)
@@ -123,8 +134,8 @@ def test_counts(pairs, evals, validation):
     assert len(load_eval_prompts("benign")) >= 60
     assert len(load_eval_prompts("harmful")) + len(load_eval_prompts("benign")) == len(evals)
     assert 140 <= len(evals) <= 160
-    assert len(load_validation_prompts("harmful")) >= 55
-    assert len(load_validation_prompts("benign")) >= 85
+    assert len(load_validation_prompts("harmful")) >= 90
+    assert len(load_validation_prompts("benign")) >= 105
     assert len(validation) == sum(len(load_validation_prompts(k)) for k in ("harmful", "benign"))
 
 

@@ -3,9 +3,9 @@
 One Ray Data actor (``map_batches`` with a callable class) holds the HTTP session and sends
 each batch of ``concurrency`` requests from as many threads, so the number of requests in
 flight is bounded by ``concurrency`` and they reach the server together, where
-``@serve.batch`` merges them. A
-request that still fails after the client's retries is recorded with its ``error`` and the
-run goes on: one bad prompt never loses a whole evaluation.
+``@serve.batch`` merges them. A request that still fails after the client's retries is
+recorded with its ``error`` and the run goes on: one bad prompt never loses a whole
+evaluation.
 """
 
 from __future__ import annotations

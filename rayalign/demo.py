@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rayalign.config import Config, EvalConfig, ModelConfig, config_from_mapping
+from rayalign.modeling.models import cpu_has_native_bf16
 
 logger = logging.getLogger("rayalign.demo")
 
@@ -70,12 +71,8 @@ DEMO_DEFAULTS: dict[str, Any] = {
     # 16 new tokens decide every verdict; references are not scored. Batches of 64 generate
     # 2-3x more prompts/s than batches of 16 on a 2-core CPU (one decode step reads all the
     # weights whatever the batch).
-    # Generation in the dtype the model trains in ("auto": fp32 on CPU, bf16 on GPUs), the
-    # dtype validation scored it in when its settings were chosen. bf16 on a CPU with native
-    # bf16 is ~1.6x faster but reports another model: it changed the opening of 13 of 64
-    # XSTest replies, and its scores moved with how prompts were batched (docs/evaluation.md).
     "eval": {"benchmarks": DEMO_BENCHMARKS, "judge": "refusal", "max_new_tokens": 16,
-             "max_batch_size": 64, "concurrency": 64, "score_references": False, "dtype": "auto"},
+             "max_batch_size": 64, "concurrency": 64, "score_references": False},
 }
 
 #: Per-method ``--set`` values on top of DEMO_DEFAULTS (all methods train the same LoRA).
@@ -136,6 +133,9 @@ def demo_config(method: str, overrides: list[str] | None = None, output_dir: str
     # One process at a time does the heavy work (score, serve, train): let it use every core.
     cores = os.cpu_count() or 1
     raw["data"]["ref_torch_threads"] = raw["train"]["torch_threads"] = raw["eval"]["torch_threads"] = cores
+    # Training stays fp32 on CPU; generation in bf16 takes about half the time where the CPU
+    # has native bf16 instructions (measured on a 2-core AMD EPYC: 703 prompts 162 s -> 100 s).
+    raw["eval"]["dtype"] = "bfloat16" if cpu_has_native_bf16() else "auto"
     raw["train"]["output_dir"] = output_dir
     raw["eval"]["output_dir"] = str(Path(output_dir) / "eval")
     if method == "bfpo":
@@ -167,7 +167,7 @@ def _start_over_if_settings_changed(cfg: Config) -> None:
 def run_demo(cfg: Config, *, method: str) -> DemoResult:
     """Run the six demo steps; every step prints what it did and how long it took."""
     from rayalign.eval.runner import evaluate_model
-    from rayalign.modeling.models import cpu_has_native_bf16, resolve_model_path
+    from rayalign.modeling.models import resolve_model_path
     from rayalign.ray_session import data_need, eval_need, init_ray, largest, training_need
     from rayalign.train.trainer import output_dir_for, prepare_training_data, run_training
 
@@ -193,9 +193,6 @@ def run_demo(cfg: Config, *, method: str) -> DemoResult:
 
     logger.info(f"3/6 evaluate the untouched model through Ray Serve ({', '.join(cfg.eval.benchmarks)}; "
          "cached for the same model, prompts and settings)")
-    if cfg.eval.dtype == "auto" and not cfg.train.use_gpu and cpu_has_native_bf16():
-        logger.info("    in fp32, the dtype it trains in; this CPU has native bf16: --set eval.dtype=bfloat16 "
-                    "generates ~1.6x faster, but scores a bf16 copy (docs/evaluation.md)")
     before = timed("eval_before", evaluate_cached, cfg.model, cfg.eval, out / "eval_before")
     logger.info("    " + _measures_line(before))
 

@@ -291,7 +291,8 @@ class EvalConfig(Section):
     # `concurrency` requests at once, but they reach the replica spread out in time: at
     # 0.02 s a round of 64 ran as ten batches of 2-34, at 0.5 s as one of 64, 1.3x the
     # tokens/s (benchmarks/eval_throughput.py, docs/evaluation.md). A full batch never
-    # waits; `rayalign serve` (interactive) keeps its own 0.02 s.
+    # waits (the replica's batch is capped at `concurrency`); `rayalign serve`
+    # (interactive) keeps its own 0.02 s.
     batch_wait_timeout_s: float = Field(0.5, ge=0.0)
     num_cpus: float = Field(1.0, gt=0.0, description="CPUs per generation replica")
     num_gpus: float = Field(0.0, ge=0.0, description="GPUs per generation replica")

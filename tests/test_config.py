@@ -72,3 +72,14 @@ def test_changed_fields_names_dotted_paths(tmp_path):
     other.loss.beta = 0.5
     other.data.sources[0].where = {"kind": "harmful"}
     assert other.changed_fields(saved) == ["data.sources", "loss.beta"]
+
+
+def test_an_evaluation_serves_batches_no_larger_than_its_requests_in_flight():
+    # A batch that cannot fill would wait out the whole batch_wait_timeout_s (0.5 s) every time.
+    from rayalign.config import EvalConfig
+    from rayalign.eval.runner import replica_batch_size
+
+    assert EvalConfig().batch_wait_timeout_s == 0.5
+    assert replica_batch_size(EvalConfig(max_batch_size=8, concurrency=4)) == 4
+    assert replica_batch_size(EvalConfig(max_batch_size=16, concurrency=64)) == 16
+    assert replica_batch_size(EvalConfig(max_batch_size=64, concurrency=64)) == 64

@@ -50,6 +50,13 @@ def serving_model_config(model_cfg: ModelConfig, eval_cfg: EvalConfig) -> ModelC
     return model_cfg.model_copy(update={"dtype": eval_cfg.dtype})
 
 
+def replica_batch_size(eval_cfg: EvalConfig) -> int:
+    """The served model's ``max_batch_size``: at most ``eval.concurrency``, since an evaluation
+    never has more requests in flight. A batch that can fill runs at once instead of waiting
+    out ``eval.batch_wait_timeout_s`` for requests that are not coming."""
+    return min(eval_cfg.max_batch_size, eval_cfg.concurrency)
+
+
 @contextlib.contextmanager
 def served(model_cfg: ModelConfig, eval_cfg: EvalConfig, *, role: str = "policy") -> Iterator[Endpoint]:
     """An endpoint for ``model_cfg``: ``eval.endpoint`` if set, else a fresh Serve app."""
@@ -61,7 +68,7 @@ def served(model_cfg: ModelConfig, eval_cfg: EvalConfig, *, role: str = "policy"
     name = f"{role}-{uuid.uuid4().hex[:8]}"
     app = serve_model(
         serving_model_config(model_cfg, eval_cfg), app_name=name, route_prefix=f"/{name}", host=eval_cfg.host, port=eval_cfg.port,
-        backend=eval_cfg.backend, api_key=eval_cfg.api_key, max_batch_size=eval_cfg.max_batch_size,
+        backend=eval_cfg.backend, api_key=eval_cfg.api_key, max_batch_size=replica_batch_size(eval_cfg),
         batch_wait_timeout_s=eval_cfg.batch_wait_timeout_s, num_cpus=eval_cfg.num_cpus,
         num_gpus=eval_cfg.num_gpus, torch_threads=eval_cfg.torch_threads,
         access_log=False,  # Ray Data sends one request per prompt: the lines would drown progress

@@ -209,3 +209,30 @@ def test_pipeline_stops_above_the_invalid_threshold(ray_local, tiny_model_dir, t
     message = str(info.value)
     assert str(bad) in message and "row 1" in message and "field 'chosen'" in message
     assert pq.read_table(tmp_path / "out" / "rejects.parquet").num_rows == 2
+
+
+def test_prepared_pairs_keep_the_source_order(ray_local, tiny_model_dir, tmp_path):
+    """Training reads the cache in its files' order, so the files must hold the rows in the
+    sources' order: before, two cold builds of the demo pairs wrote their blocks in either
+    order, and the same settings trained on other pairs from step 1."""
+    from ray.data import DataContext
+
+    from rayalign.demo_data import load_demo_pairs
+
+    cfg = load_config(None, ["data.sources=[{path: 'builtin:demo'}]", f"data.cache_dir={tmp_path / 'cache'}",
+                             "data.precompute_ref_logps=false", "data.eval_fraction=0.0"])
+    assert prepare_datasets(cfg, AutoTokenizer.from_pretrained(tiny_model_dir)).stats["cache"] == "miss"
+    source = [row["prompt"] for row in load_demo_pairs()]
+    parts = sorted((tmp_path / "cache" / "prepared").glob("*/pairs/*.parquet"))
+    assert len(parts) >= 2  # more than one block, or the order could not go wrong
+    assert [p for part in parts for p in pq.read_table(part, columns=["prompt"])["prompt"].to_pylist()] == source
+    # The stream as Ray Train reads it (preserve_order; a dataset keeps the context it was
+    # made in, so the cache is opened again under it).
+    options = DataContext.get_current().execution_options
+    before, options.preserve_order = options.preserve_order, True
+    try:
+        again = prepare_datasets(cfg, AutoTokenizer.from_pretrained(tiny_model_dir))
+        assert again.stats["cache"] == "hit"
+        assert [row["prompt"] for row in again.train.iter_rows()] == source
+    finally:
+        options.preserve_order = before

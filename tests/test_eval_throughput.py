@@ -4,33 +4,20 @@ together, so ``@serve.batch`` merges them."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import eval_throughput as bench
+
 pytestmark = pytest.mark.slow
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_throughput.py"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("eval_throughput", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_generation_through_ray_data_fills_the_servers_batches(ray_local, tiny_model_dir):
-    from ray import serve
-
-    bench = _bench()
-    try:
-        result = bench.through_serve(str(tiny_model_dir), bench._prompts(16), 4, 8, 8, ray_data=True)
-    finally:
-        serve.shutdown()
+    result = bench.through_serve(str(tiny_model_dir), bench._prompts(16), 4, 8, 8, ray_data=True)
     sizes = {int(k): v for k, v in result["batch_sizes"].items()}
     assert sum(size * count for size, count in sizes.items()) == 17  # 16 prompts + the warm-up
     # Requests sent one at a time, or split over actors out of step, would give batches of 1

@@ -215,8 +215,7 @@ def test_prepared_pairs_keep_the_source_order(ray_local, tiny_model_dir, tmp_pat
     """Training reads the cache in its files' order, so the files must hold the rows in the
     sources' order: before, two cold builds of the demo pairs wrote their blocks in either
     order, and the same settings trained on other pairs from step 1."""
-    from ray.data import DataContext
-
+    from rayalign.data.pipeline import _rows_in_order
     from rayalign.demo_data import load_demo_pairs
 
     cfg = load_config(None, ["data.sources=[{path: 'builtin:demo'}]", f"data.cache_dir={tmp_path / 'cache'}",
@@ -228,11 +227,7 @@ def test_prepared_pairs_keep_the_source_order(ray_local, tiny_model_dir, tmp_pat
     assert [p for part in parts for p in pq.read_table(part, columns=["prompt"])["prompt"].to_pylist()] == source
     # The stream as Ray Train reads it (preserve_order; a dataset keeps the context it was
     # made in, so the cache is opened again under it).
-    options = DataContext.get_current().execution_options
-    before, options.preserve_order = options.preserve_order, True
-    try:
+    with _rows_in_order():
         again = prepare_datasets(cfg, AutoTokenizer.from_pretrained(tiny_model_dir))
         assert again.stats["cache"] == "hit"
         assert [row["prompt"] for row in again.train.iter_rows()] == source
-    finally:
-        options.preserve_order = before

@@ -110,7 +110,12 @@ class DataConfig(Section):
     # Prepared data goes to <cache_dir>/prepared; default: the cache root ($RAYALIGN_CACHE,
     # else ~/.cache/rayalign), read when the config is built.
     cache_dir: str = Field(default_factory=lambda: str(cache_root()))
+    # Salts the train/eval split and, with ``shuffle``, the pairs' order.
     seed: int = 0
+    # Store the pairs in a random order seeded by ``seed`` (fixed in the cache, so resume
+    # stays exact). False keeps the sources' order: files concatenated as listed, rows as
+    # written, so a run shorter than an epoch trains on the first source only.
+    shuffle: bool = True
 
     @model_validator(mode="after")
     def _prompt_fits(self) -> DataConfig:

@@ -212,14 +212,15 @@ def test_pipeline_stops_above_the_invalid_threshold(ray_local, tiny_model_dir, t
 
 
 def test_prepared_pairs_keep_the_source_order(ray_local, tiny_model_dir, tmp_path):
-    """Training reads the cache in its files' order, so the files must hold the rows in the
-    sources' order: before, two cold builds of the demo pairs wrote their blocks in either
-    order, and the same settings trained on other pairs from step 1."""
+    """Training reads the cache in its files' order, so with ``data.shuffle`` off the files
+    must hold the rows in the sources' order: before, two cold builds of the demo pairs
+    wrote their blocks in either order, and the same settings trained on other pairs from
+    step 1."""
     from rayalign.data.pipeline import _rows_in_order
     from rayalign.demo_data import load_demo_pairs
 
     cfg = load_config(None, ["data.sources=[{path: 'builtin:demo'}]", f"data.cache_dir={tmp_path / 'cache'}",
-                             "data.precompute_ref_logps=false", "data.eval_fraction=0.0"])
+                             "data.precompute_ref_logps=false", "data.eval_fraction=0.0", "data.shuffle=false"])
     assert prepare_datasets(cfg, AutoTokenizer.from_pretrained(tiny_model_dir)).stats["cache"] == "miss"
     source = [row["prompt"] for row in load_demo_pairs()]
     parts = sorted((tmp_path / "cache" / "prepared").glob("*/pairs/*.parquet"))
@@ -231,3 +232,42 @@ def test_prepared_pairs_keep_the_source_order(ray_local, tiny_model_dir, tmp_pat
         again = prepare_datasets(cfg, AutoTokenizer.from_pretrained(tiny_model_dir))
         assert again.stats["cache"] == "hit"
         assert [row["prompt"] for row in again.train.iter_rows()] == source
+
+
+def test_shuffled_pairs_follow_the_seed_not_the_path(ray_local, tiny_model_dir, tmp_path):
+    """``data.shuffle`` (the default): the cache holds a seeded permutation of the rows, the
+    same wherever the file is stored, another one for another ``data.seed``; a run shorter
+    than an epoch then sees every source, not the first one only."""
+    from rayalign.data.pipeline import _rows_in_order
+    from rayalign.demo_data import load_demo_pairs
+
+    rows = load_demo_pairs()[:300]
+    source = [row["prompt"] for row in rows]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+
+    def order(folder, seed):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        path = write_jsonl(tmp_path / folder / "pairs.jsonl", rows)
+        cfg = load_config(None, [f"data.sources=[{{path: '{path}'}}]", f"data.cache_dir={tmp_path / folder / 'cache'}",
+                                 "data.precompute_ref_logps=false", "data.eval_fraction=0.0", f"data.seed={seed}"])
+        with _rows_in_order():  # as Ray Train reads it
+            return [row["prompt"] for row in prepare_datasets(cfg, tokenizer).train.iter_rows()]
+
+    first = order("a", 0)
+    assert sorted(first) == sorted(source) and first != source
+    # Not a block-wise rotation: the first half holds rows from both halves of the file.
+    head = {source.index(p) for p in first[:150]}
+    assert min(head) < 100 and max(head) >= 200
+    assert order("b", 0) == first  # another folder: same order
+    assert order("c", 1) != first  # another seed: another order
+
+
+def test_shuffle_keys_are_seeded_and_stable():
+    from rayalign.data.pipeline import shuffle_keys
+
+    where = [f"0\x1f0\x1f{r}\x1fid{r}" for r in range(50)]
+    keys = shuffle_keys(where, seed=0)
+    assert keys.shape == (50,) and ((keys >= 0) & (keys < 1)).all()
+    assert (shuffle_keys(where, seed=0) == keys).all()
+    assert (shuffle_keys(where, seed=1) != keys).any()
+    assert sorted(range(50), key=keys.__getitem__) != list(range(50))

@@ -70,9 +70,10 @@ logger = logging.getLogger("rayalign.data")
 
 # 2: multi-turn prompts, plain-text special tokens, identical_after_truncation; 3: rejects.parquet
 # is a folder of Parquet parts; 4: rows in the sources' order (earlier caches hold the blocks in
-# whichever order Ray Data's tasks finished).
-PIPELINE_VERSION = "4"
+# whichever order Ray Data's tasks finished); 5: rows in a seeded random order (data.shuffle).
+PIPELINE_VERSION = "5"
 SPLIT_COL = "split"
+_ORDER_COL = "__order"
 _TOKENIZE_BATCH_ROWS = 512
 
 _TOKEN_LIST = pa.list_(pa.int32())
@@ -364,7 +365,7 @@ def cache_key(
             for s in sources
         ],
         "limits": [d.max_length, d.max_prompt_length],
-        "split": [d.eval_fraction, d.seed, d.dedup, use_safedpo(cfg)],
+        "split": [d.eval_fraction, d.seed, d.dedup, use_safedpo(cfg), d.shuffle],
         "tokenizer": tokenizer_identity(tokenizer),
         "reference": model_fingerprint(ref_model_cfg) if ref_model_cfg is not None else None,
     }
@@ -615,7 +616,7 @@ def _build(
         select, duplicates = _selection_plan(cfg, sources, staged)
         selected, counts = _count_selection(staged, select)
         tokenized, split_rows = _tokenize(cfg, staged, select, tokenizer, summary, rejects_dir, rejects_path)
-        _score_reference(cfg, tokenized, ref_cfg).write_parquet(str(work / "pairs"))
+        _score_reference(cfg, tokenized, ref_cfg, sources).write_parquet(str(work / "pairs"))
         stats: dict[str, Any] = {
             "cache_key": key,
             "validation": summary.as_dict(),
@@ -746,12 +747,20 @@ def _tokenize(
     return tokenized, split_rows
 
 
-def _score_reference(cfg: Config, tokenized: Any, ref_cfg: ModelConfig | None) -> Any:
+def _score_reference(cfg: Config, tokenized: Any, ref_cfg: ModelConfig | None, sources: list[_Source]) -> Any:
     """Phase 5: the valid rows, with reference log-probs from an actor pool when scoring."""
     import ray
 
     d = cfg.data
-    final = tokenized.map_batches(_keep_valid_output, batch_format="pyarrow")
+    if d.shuffle:  # one distributed sort by the rows' seeded keys (shuffle_keys)
+        final = (
+            tokenized.map_batches(_keep_valid_output, batch_format="pyarrow",
+                                  fn_kwargs={"order_seed": d.seed, "file_ordinals": _file_ordinals(sources)})
+            .sort(_ORDER_COL)
+            .drop_columns([_ORDER_COL])
+        )
+    else:
+        final = tokenized.map_batches(_keep_valid_output, batch_format="pyarrow")
     if ref_cfg is None:
         return final
     return final.map_batches(
@@ -789,6 +798,37 @@ def _task_pool(size: int | None) -> dict[str, Any]:
     return {} if size is None else {"compute": ray.data.TaskPoolStrategy(size=size)}
 
 
-def _keep_valid_output(table: pa.Table) -> pa.Table:
+def _keep_valid_output(
+    table: pa.Table, order_seed: int | None = None, file_ordinals: dict[str, int] | None = None
+) -> pa.Table:
+    """The valid rows' output columns; with ``order_seed``, also each row's place in the
+    shuffled order (:func:`shuffle_keys`)."""
     table = table.filter(pc.equal(table[REASON_COL], ""))
-    return table.select(list(OUTPUT_COLUMNS))
+    out = table.select(list(OUTPUT_COLUMNS))
+    if order_seed is None:
+        return out
+    ordinals = file_ordinals or {}
+    where = [
+        f"{s}\x1f{ordinals.get(f, f)}\x1f{r}\x1f{i}"
+        for s, f, r, i in zip(table[SOURCE_INDEX_COL].to_pylist(), table[FILE_COL].to_pylist(),
+                              table[ROW_COL].to_pylist(), table["id"].to_pylist(), strict=True)
+    ]
+    return out.append_column(_ORDER_COL, pa.array(shuffle_keys(where, seed=order_seed)))
+
+
+def _file_ordinals(sources: list[_Source]) -> dict[str, int]:
+    """Each file's place in its source's (sorted) file list, by the name rows carry: the
+    shuffle must not depend on where a data set is stored."""
+    return {display_path(s.resolved, path): i for s in sources for i, path in enumerate(s.resolved.files)}
+
+
+def shuffle_keys(where: list[str], *, seed: int) -> np.ndarray:
+    """Sort keys in [0, 1), one per row, that put the pairs in a random order seeded by ``seed``.
+
+    ``where`` names each row's origin: source index, the file's place in its source, row
+    number and id, never a path, so the order is the same on every machine, wherever the
+    files live, and for every block layout. Sorting the prepared rows by these keys is
+    ``data.shuffle``, done once when the cache is built, so a resumed run reads the same
+    order.
+    """
+    return unit_interval(np.asarray(where, dtype=object), f"order:{seed}")

@@ -59,11 +59,12 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "data": {"sources": [{"path": "builtin:demo"}], "max_length": 192, "max_prompt_length": 96,
              "eval_fraction": 0.0, "ref_batch_size": 16, "precompute_ref_logps": False},
     # SafeDPO on per-token log-probs (loss.average_logps), beta 0.5, delta 1 and a light NLL
-    # anchor on the safe preferred responses (sft_weight 0.45, 60 steps): the anchor is what
+    # anchor on the safe preferred responses (sft_weight 0.3, 60 steps): the anchor is what
     # teaches refusing, and at weight 1 it also taught the model to open benign replies with
-    # "I can't" (XSTest safe prompts answered 0.98 -> 0.78). The point is the most harmless
-    # run that kept validation compliance >= 0.95; docs/sweeps.md has the runs behind it.
-    "loss": {"name": "safedpo", "average_logps": True, "beta": 0.5, "delta": 1.0, "sft_weight": 0.45},
+    # "I can't" (XSTest safe prompts answered 0.98 -> 0.78). The anchor is the one whose
+    # validation compliance, averaged over two shuffled orders (data.seed 0 and 1), stayed
+    # >= 0.95 (0.45 averaged 0.948); docs/sweeps.md has the runs behind it.
+    "loss": {"name": "safedpo", "average_logps": True, "beta": 0.5, "delta": 1.0, "sft_weight": 0.3},
     "train": {"num_workers": 1, "zero_stage": 2,
               "learning_rate": 5e-4, "batch_size": 8, "max_steps": 60, "warmup_ratio": 0.05,
               "checkpoint_every": 20, "keep_checkpoints": 1, "log_every": 5, "name": "demo-train"},

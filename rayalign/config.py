@@ -113,8 +113,9 @@ class DataConfig(Section):
     # Salts the train/eval split and, with ``shuffle``, the pairs' order.
     seed: int = 0
     # Store the pairs in a random order seeded by ``seed`` (fixed in the cache, so resume
-    # stays exact). False keeps the sources' order: files concatenated as listed, rows as
-    # written, so a run shorter than an epoch trains on the first source only.
+    # stays exact). False keeps the sources' order: sources as listed, each source's files
+    # in sorted path order, rows as written, so a run shorter than an epoch trains on the
+    # first source only.
     shuffle: bool = True
 
     @model_validator(mode="after")

@@ -235,10 +235,8 @@ def test_prepared_pairs_keep_the_source_order(ray_local, tiny_model_dir, tmp_pat
 
 
 def test_shuffled_pairs_follow_the_seed_not_the_path(ray_local, tiny_model_dir, tmp_path):
-    """``data.shuffle`` (the default): the cache holds a seeded permutation of the rows, the
-    same wherever the file is stored (another ``data.seed``, another order:
-    test_shuffle_keys_are_seeded_and_stable); a run shorter than an epoch then sees every
-    source, not the first one only."""
+    """``data.shuffle`` (the default): the cache holds a permutation of the rows seeded by
+    ``data.seed``, the same wherever the file is stored, another one for another seed."""
     from rayalign.data.pipeline import _rows_in_order
     from rayalign.demo_data import load_demo_pairs
 
@@ -246,11 +244,11 @@ def test_shuffled_pairs_follow_the_seed_not_the_path(ray_local, tiny_model_dir, 
     source = [row["prompt"] for row in rows]
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
 
-    def order(folder):
+    def order(folder, seed=0):
         (tmp_path / folder).mkdir(exist_ok=True)
         path = write_jsonl(tmp_path / folder / "pairs.jsonl", rows)
         cfg = load_config(None, [f"data.sources=[{{path: '{path}'}}]", f"data.cache_dir={tmp_path / folder / 'cache'}",
-                                 "data.precompute_ref_logps=false", "data.eval_fraction=0.0"])
+                                 "data.precompute_ref_logps=false", "data.eval_fraction=0.0", f"data.seed={seed}"])
         with _rows_in_order():  # as Ray Train reads it
             return [row["prompt"] for row in prepare_datasets(cfg, tokenizer).train.iter_rows()]
 
@@ -260,6 +258,7 @@ def test_shuffled_pairs_follow_the_seed_not_the_path(ray_local, tiny_model_dir, 
     head = {source.index(p) for p in first[:150]}
     assert min(head) < 100 and max(head) >= 200
     assert order("b") == first  # another folder: same order
+    assert order("a", seed=1) != first  # data.seed reaches the order (and the cache key)
 
 
 def test_shuffle_keys_are_seeded_and_stable():
@@ -271,3 +270,6 @@ def test_shuffle_keys_are_seeded_and_stable():
     assert (shuffle_keys(where, seed=0) == keys).all()
     assert (shuffle_keys(where, seed=1) != keys).any()
     assert sorted(range(50), key=keys.__getitem__) != list(range(50))
+    # Pinned: a prepared cache's order must not change between versions of rayalign.
+    pinned = shuffle_keys(["0\x1f0\x1f1\x1fa", "0\x1f0\x1f2\x1fb", "1\x1f3\x1f7\x1fc"], seed=0)
+    assert pinned.tolist() == pytest.approx([0.831123464665261, 0.20125895595902613, 0.32370432389232523], abs=1e-12)

@@ -748,7 +748,9 @@ def _tokenize(
 
 
 def _score_reference(cfg: Config, tokenized: Any, ref_cfg: ModelConfig | None, sources: list[_Source]) -> Any:
-    """Phase 5: the valid rows, with reference log-probs from an actor pool when scoring."""
+    """Phase 5: the valid rows, sorted into ``data.shuffle``'s seeded order when it is on,
+    with reference log-probs from an actor pool when scoring (in that order: the cache is
+    built under ``preserve_order``)."""
     import ray
 
     d = cfg.data
@@ -799,7 +801,7 @@ def _task_pool(size: int | None) -> dict[str, Any]:
 
 
 def _keep_valid_output(
-    table: pa.Table, order_seed: int | None = None, file_ordinals: dict[str, int] | None = None
+    table: pa.Table, order_seed: int | None = None, file_ordinals: dict[tuple[int, str], int] | None = None
 ) -> pa.Table:
     """The valid rows' output columns; with ``order_seed``, also each row's place in the
     shuffled order (:func:`shuffle_keys`)."""
@@ -809,17 +811,20 @@ def _keep_valid_output(
         return out
     ordinals = file_ordinals or {}
     where = [
-        f"{s}\x1f{ordinals.get(f, f)}\x1f{r}\x1f{i}"
+        f"{s}\x1f{ordinals.get((s, f), 0)}\x1f{r}\x1f{i}"  # hub rows: one "file", ordinal 0
         for s, f, r, i in zip(table[SOURCE_INDEX_COL].to_pylist(), table[FILE_COL].to_pylist(),
                               table[ROW_COL].to_pylist(), table["id"].to_pylist(), strict=True)
     ]
     return out.append_column(_ORDER_COL, pa.array(shuffle_keys(where, seed=order_seed)))
 
 
-def _file_ordinals(sources: list[_Source]) -> dict[str, int]:
-    """Each file's place in its source's (sorted) file list, by the name rows carry: the
-    shuffle must not depend on where a data set is stored."""
-    return {display_path(s.resolved, path): i for s in sources for i, path in enumerate(s.resolved.files)}
+def _file_ordinals(sources: list[_Source]) -> dict[tuple[int, str], int]:
+    """``(source index, file name as rows carry it)`` -> the file's place in that source's
+    sorted file list: the shuffle must not depend on where a data set is stored."""
+    return {
+        (s.index, display_path(s.resolved, path)): i
+        for s in sources for i, path in enumerate(s.resolved.files)
+    }
 
 
 def shuffle_keys(where: list[str], *, seed: int) -> np.ndarray:

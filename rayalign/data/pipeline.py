@@ -2,7 +2,8 @@
 
 read → adapt → validate ──(materialize; count; threshold; de-dup plan)──►
 select (de-dup, source fractions, SafeDPO, train/eval split) → tokenize (tasks)
-→ [reference scoring (actor pool)] → Parquet under ``cache_dir/prepared/<key>/``.
+→ [seeded shuffle (one sort, ``data.shuffle``)] → [reference scoring (actor pool)]
+→ Parquet under ``cache_dir/prepared/<key>/``.
 
 The key hashes everything the output depends on (data fingerprint, adapter options,
 length limits, split/transform settings, tokenizer identity incl. chat template, and
@@ -603,9 +604,10 @@ def _build(
     key: str,
     rejects_path: Path,
 ) -> dict[str, Any]:
-    """Build the cache folder ``root/key`` in five phases, each a function below: stage
+    """Build the cache folder ``root/key`` in six phases, each a function below: stage
     (read, adapt, validate), check the rejects, select (de-dup, fractions, SafeDPO, split),
-    tokenize, reference-score; then write it under a temporary name and rename it into place."""
+    tokenize, order (``data.shuffle``), reference-score; then write it under a temporary name
+    and rename it into place."""
     d = cfg.data
     work = root / f".{key}.{uuid.uuid4().hex}.tmp"
     work.mkdir(parents=True)
@@ -616,7 +618,7 @@ def _build(
         select, duplicates = _selection_plan(cfg, sources, staged)
         selected, counts = _count_selection(staged, select)
         tokenized, split_rows = _tokenize(cfg, staged, select, tokenizer, summary, rejects_dir, rejects_path)
-        _score_reference(cfg, tokenized, ref_cfg, sources).write_parquet(str(work / "pairs"))
+        _score_reference(cfg, _final_rows(cfg, tokenized, sources), ref_cfg).write_parquet(str(work / "pairs"))
         stats: dict[str, Any] = {
             "cache_key": key,
             "validation": summary.as_dict(),
@@ -747,22 +749,26 @@ def _tokenize(
     return tokenized, split_rows
 
 
-def _score_reference(cfg: Config, tokenized: Any, ref_cfg: ModelConfig | None, sources: list[_Source]) -> Any:
-    """Phase 5: the valid rows, sorted into ``data.shuffle``'s seeded order when it is on,
-    with reference log-probs from an actor pool when scoring (in that order: the cache is
-    built under ``preserve_order``)."""
+def _final_rows(cfg: Config, tokenized: Any, sources: list[_Source]) -> Any:
+    """Phase 5: the valid rows, sorted into ``data.shuffle``'s seeded order when it is on
+    (one distributed sort by :func:`shuffle_keys`; the cache is built under
+    ``preserve_order``, so the later stages and the write keep that order)."""
+    d = cfg.data
+    if not d.shuffle:
+        return tokenized.map_batches(_keep_valid_output, batch_format="pyarrow")
+    return (
+        tokenized.map_batches(_keep_valid_output, batch_format="pyarrow",
+                              fn_kwargs={"order_seed": d.seed, "file_ordinals": _file_ordinals(sources)})
+        .sort(_ORDER_COL)
+        .drop_columns([_ORDER_COL])
+    )
+
+
+def _score_reference(cfg: Config, final: Any, ref_cfg: ModelConfig | None) -> Any:
+    """Phase 6: the final rows, with reference log-probs from an actor pool when scoring."""
     import ray
 
     d = cfg.data
-    if d.shuffle:  # one distributed sort by the rows' seeded keys (shuffle_keys)
-        final = (
-            tokenized.map_batches(_keep_valid_output, batch_format="pyarrow",
-                                  fn_kwargs={"order_seed": d.seed, "file_ordinals": _file_ordinals(sources)})
-            .sort(_ORDER_COL)
-            .drop_columns([_ORDER_COL])
-        )
-    else:
-        final = tokenized.map_batches(_keep_valid_output, batch_format="pyarrow")
     if ref_cfg is None:
         return final
     return final.map_batches(

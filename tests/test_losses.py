@@ -194,3 +194,39 @@ def test_average_logps_turns_bfpo_into_a_per_token_regression():
     summed = cfg.model_copy(update={"loss": cfg.loss.model_copy(update={"average_logps": False})})
     losses_sum, *_ = _pair_losses(summed, lambda b: policy, lambda b: (ref[:2], ref[2:]), batch)
     assert not torch.allclose(losses_sum, expected)
+
+
+def test_anchor_weights_split_helpfulness_pairs_from_safety_pairs():
+    """loss.sft_weight_helpful weighs pairs whose responses are both safe; others keep sft_weight."""
+    from rayalign.config import Config
+    from rayalign.losses import anchor_weights
+    from rayalign.train.loop import _pair_losses
+
+    like = torch.zeros(4)
+    chosen_safe = torch.tensor([True, False, True, False])
+    rejected_safe = torch.tensor([True, True, False, False])
+    assert anchor_weights(0.3, None, chosen_safe, rejected_safe, like).tolist() == pytest.approx([0.3] * 4)
+    assert anchor_weights(0.3, 0.8, chosen_safe, rejected_safe, like).tolist() == pytest.approx(
+        [0.8, 0.3, 0.3, 0.3])
+    assert anchor_weights(0.0, 0.5, chosen_safe.float(), rejected_safe.float(), like).tolist() == [
+        0.5, 0.0, 0.0, 0.0]
+
+    # In the loop: SafeDPO's anchor is the safe chosen response's per-token NLL; pair 0 is a
+    # safety pair (chosen safe, rejected unsafe), pair 1 a helpfulness pair (both safe).
+    counts = torch.tensor([2, 5, 2, 5])
+    policy = torch.tensor([-4.0, -10.0, -6.0, -15.0])
+    ref = policy.clone()  # h = 0: the SafeDPO term is the same for every setting below
+    batch = {"label_counts": counts, "chosen_safe": torch.tensor([True, True]),
+             "rejected_safe": torch.tensor([False, True])}
+
+    def losses(**loss: float) -> torch.Tensor:
+        cfg = Config.model_validate({"model": {"name_or_path": "x"}, "data": {"sources": [{"path": "x"}]},
+                                     "loss": {"name": "safedpo", **loss}})
+        return _pair_losses(cfg, lambda b: policy, lambda b: (ref[:2], ref[2:]), batch)[0]
+
+    paper = losses()
+    assert torch.allclose(losses(sft_weight=0.3) - paper, torch.tensor([0.3 * 2.0, 0.3 * 2.0]))
+    assert torch.allclose(losses(sft_weight=0.3, sft_weight_helpful=1.0) - paper, torch.tensor([0.6, 2.0]))
+    assert torch.allclose(losses(sft_weight_helpful=1.0) - paper, torch.tensor([0.0, 2.0]))
+    with pytest.raises(ValueError, match="sft_weight_helpful"):
+        losses(sft_weight_helpful=-1.0)

@@ -34,6 +34,7 @@ from rayalign.losses.registry import (
 
 _LAZY = {
     "anchor_nll": "dispatch",
+    "anchor_weights": "dispatch",
     "as_indicator": "common",
     "bfpo_loss": "bfpo",
     "bfpo_target": "bfpo",
@@ -70,6 +71,7 @@ __all__ = [
     "Hyperparameter",
     "LossSpec",
     "anchor_nll",
+    "anchor_weights",
     "as_indicator",
     "bfpo_loss",
     "bfpo_target",

@@ -6,6 +6,8 @@ when a loss is added.
 
 from __future__ import annotations
 
+import torch
+
 from rayalign.losses.common import Tensor, as_indicator, chosen_nll
 from rayalign.losses.registry import get_loss
 
@@ -81,3 +83,26 @@ def anchor_nll(
     rejected = chosen_nll(policy_rejected_logps, rejected_token_counts)
     c_safe, r_safe = as_indicator(chosen_safe, chosen), as_indicator(rejected_safe, chosen)
     return c_safe * chosen + (1.0 - c_safe) * r_safe * rejected
+
+
+def anchor_weights(
+    sft_weight: float,
+    sft_weight_helpful: float | None,
+    chosen_safe: Tensor,
+    rejected_safe: Tensor,
+    like: Tensor,
+) -> Tensor:
+    """Per-pair weight ``[B]`` of the NLL anchor (``loss.sft_weight``, ``loss.sft_weight_helpful``).
+
+    A pair whose two responses are both safe is decided by helpfulness alone (a benign
+    prompt: the anchor trains its helpful answer) and weighs ``sft_weight_helpful``; every
+    other pair (a safety label decides it: on a harmful prompt the anchored response is a
+    refusal) weighs ``sft_weight``. ``sft_weight_helpful=None`` weighs every pair
+    ``sft_weight``. ``chosen_safe``/``rejected_safe``: ``[B]``, bool or 0/1; the weights take
+    ``like``'s dtype and device.
+    """
+    weights = torch.full_like(like, float(sft_weight))
+    if sft_weight_helpful is None:
+        return weights
+    both = as_indicator(chosen_safe, like) * as_indicator(rejected_safe, like)
+    return weights + both * (float(sft_weight_helpful) - float(sft_weight))

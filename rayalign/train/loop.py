@@ -28,7 +28,7 @@ from rayalign.data.mixing import EmptyStreamError, zip_cycling
 from rayalign.data.mixing import total_steps as schedule_total_steps
 from rayalign.errors import UserError
 from rayalign.logprobs import batch_logps, mean_token_logps
-from rayalign.losses import anchor_nll, preference_loss, preference_metric_sums
+from rayalign.losses import anchor_nll, anchor_weights, preference_loss, preference_metric_sums
 from rayalign.train.checkpoint import (
     DEEPSPEED_DIR,
     DEEPSPEED_TAG,
@@ -185,7 +185,7 @@ def _pair_losses(cfg: Config, engine: Any, reference: ReferenceLogps, batch: dic
     safety = (batch["chosen_safe"], batch["rejected_safe"])
     counts = batch["label_counts"]  # response tokens per row: chosen rows, then rejected
     anchor = None
-    if cfg.loss.sft_weight:  # per-token NLL of the summed log-probs
+    if cfg.loss.sft_weight or cfg.loss.sft_weight_helpful:  # per-token NLL of the summed log-probs
         anchor = anchor_nll(
             cfg.loss.name, policy_chosen, policy_rejected, counts[:half], counts[half:], *safety
         )
@@ -198,7 +198,8 @@ def _pair_losses(cfg: Config, engine: Any, reference: ReferenceLogps, batch: dic
         **cfg.loss.hyperparameters(),
     )
     if anchor is not None:
-        losses = losses + cfg.loss.sft_weight * anchor
+        weights = anchor_weights(cfg.loss.sft_weight, cfg.loss.sft_weight_helpful, *safety, like=anchor)
+        losses = losses + weights * anchor
     return losses, policy_chosen, policy_rejected, ref_chosen, ref_rejected, *safety
 
 

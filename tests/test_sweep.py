@@ -18,10 +18,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def _sweep(tmp_path: Path, *extra: str, env: dict[str, str]) -> subprocess.Popen:
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    """One prepared-data cache for both sweeps here: the second one's data stage is a hit
+    (same data, tokenizer and reference model; only the sweep space differs)."""
+    return tmp_path_factory.mktemp("sweep-cache")
+
+
+def _sweep(tmp_path: Path, cache: Path, *extra: str, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "rayalign.cli", "sweep", str(REPO_ROOT / "jobs/sweep_tiny.yaml"),
-         "--set", f"sweep.output_dir={tmp_path / 'sweeps'}", "--set", f"data.cache_dir={tmp_path / 'cache'}",
+         "--set", f"sweep.output_dir={tmp_path / 'sweeps'}", "--set", f"data.cache_dir={cache}",
          *extra],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
@@ -33,12 +40,12 @@ def _finished_trials(out: Path) -> set[str]:
     return {p.parent.name for p in (out / "tune").glob("*/result.json") if "harmless_ratio" in p.read_text()}
 
 
-def test_sweep_runs_resumes_and_shares_the_reference_cache(tmp_path):
+def test_sweep_runs_resumes_and_shares_the_reference_cache(tmp_path, cache_dir):
     env = {**os.environ, "RAYALIGN_CACHE": os.environ.get("RAYALIGN_CACHE", str(Path.home() / ".cache/rayalign"))}
     out = tmp_path / "sweeps" / "tiny-delta"
 
     # Interrupt the sweep once the first trial has finished, as a crash or Ctrl-C would.
-    first = _sweep(tmp_path, env=env)
+    first = _sweep(tmp_path, cache_dir, env=env)
     deadline = time.monotonic() + 420
     while time.monotonic() < deadline and first.poll() is None and not _finished_trials(out):
         time.sleep(2)
@@ -49,13 +56,13 @@ def test_sweep_runs_resumes_and_shares_the_reference_cache(tmp_path):
     assert len(finished_before) == 1
 
     # A stopped sweep's finished trials can be summarised without running anything more.
-    summary = _sweep(tmp_path, "--summarise", env=env)
+    summary = _sweep(tmp_path, cache_dir, "--summarise", env=env)
     log, _ = summary.communicate(timeout=300)
     assert summary.returncode == 0, log
     assert len(pd.read_csv(out / "trials.csv")) == 1 and (out / "pareto.csv").is_file()
     assert _finished_trials(out) == finished_before  # nothing was trained
 
-    resumed = _sweep(tmp_path, "--resume", env=env)
+    resumed = _sweep(tmp_path, cache_dir, "--resume", env=env)
     log, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, log
 
@@ -69,7 +76,7 @@ def test_sweep_runs_resumes_and_shares_the_reference_cache(tmp_path):
         assert sum("harmless_ratio" in r for r in rows) == 1
     # Reference log-probs were computed once, before the trials: every trial hit the cache.
     assert (table["ref_cache"] == "hit").all()
-    prepared = [p for p in (tmp_path / "cache" / "prepared").iterdir()
+    prepared = [p for p in (cache_dir / "prepared").iterdir()
                 if p.is_dir() and not p.name.endswith(".rejects.parquet")]  # its rejects: a folder beside it
     assert len(prepared) == 1
     # The outputs a user reads.
@@ -79,7 +86,7 @@ def test_sweep_runs_resumes_and_shares_the_reference_cache(tmp_path):
     assert "Pareto-optimal" in log
 
 
-def test_a_failing_trial_is_a_result_not_a_crash(tmp_path):
+def test_a_failing_trial_is_a_result_not_a_crash(tmp_path, cache_dir):
     """One trial's training raises inside its Train workers (an absurd learning rate makes
     the loss non-finite): it is recorded with its error, the other trial finishes, the
     Pareto front and the best-per-objective ignore it."""
@@ -95,7 +102,7 @@ def test_a_failing_trial_is_a_result_not_a_crash(tmp_path):
     env = {**os.environ, "RAYALIGN_CACHE": os.environ.get("RAYALIGN_CACHE", str(Path.home() / ".cache/rayalign"))}
     run = subprocess.run(
         [sys.executable, "-m", "rayalign.cli", "sweep", str(config),
-         "--set", f"sweep.output_dir={tmp_path / 'sweeps'}", "--set", f"data.cache_dir={tmp_path / 'cache'}",
+         "--set", f"sweep.output_dir={tmp_path / 'sweeps'}", "--set", f"data.cache_dir={cache_dir}",
          "--set", f"eval.port={free_port()}"],  # 8000 may belong to someone else
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )

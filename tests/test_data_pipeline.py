@@ -7,6 +7,7 @@ import json
 import math
 import shutil
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -266,10 +267,13 @@ def test_shuffle_keys_are_seeded_and_stable():
 
     where = [f"0\x1f0\x1f{r}\x1fid{r}" for r in range(50)]
     keys = shuffle_keys(where, seed=0)
-    assert keys.shape == (50,) and ((keys >= 0) & (keys < 1)).all()
+    assert keys.shape == (50,) and keys.dtype == np.uint64 and len(set(keys.tolist())) == 50
     assert (shuffle_keys(where, seed=0) == keys).all()
     assert (shuffle_keys(where, seed=1) != keys).any()
     assert sorted(range(50), key=keys.__getitem__) != list(range(50))
-    # Pinned: a prepared cache's order must not change between versions of rayalign.
+    # Pinned: a prepared cache's order must not change between versions of rayalign. The
+    # keys were floats in [0, 1) before; the whole hashes put the rows in the same order.
     pinned = shuffle_keys(["0\x1f0\x1f1\x1fa", "0\x1f0\x1f2\x1fb", "1\x1f3\x1f7\x1fc"], seed=0)
-    assert pinned.tolist() == pytest.approx([0.831123464665261, 0.20125895595902613, 0.32370432389232523], abs=1e-12)
+    assert (pinned / 2.0**64).tolist() == pytest.approx(
+        [0.831123464665261, 0.20125895595902613, 0.32370432389232523], abs=1e-12)
+

@@ -108,13 +108,19 @@ def pair_id(prompt: str, chosen: str, rejected: str, chosen_safe: bool, rejected
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
-def unit_interval(ids: np.ndarray, salt: str) -> np.ndarray:
-    """A deterministic pseudo-uniform number in [0, 1) per id (for splits and sampling)."""
-    out = np.empty(len(ids), dtype=np.float64)
+def hash64(ids: np.ndarray, salt: str) -> np.ndarray:
+    """A deterministic pseudo-random ``uint64`` per id: BLAKE2b-64 of ``"{salt}:{id}"``."""
+    out = np.empty(len(ids), dtype=np.uint64)
     for i, value in enumerate(ids):
-        digest = hashlib.blake2b(f"{salt}:{value}".encode(), digest_size=8).digest()
-        out[i] = int.from_bytes(digest, "big") / 2.0**64
+        out[i] = int.from_bytes(hashlib.blake2b(f"{salt}:{value}".encode(), digest_size=8).digest(), "big")
     return out
+
+
+def unit_interval(ids: np.ndarray, salt: str) -> np.ndarray:
+    """A deterministic pseudo-uniform number in [0, 1) per id (for splits and sampling):
+    :func:`hash64` scaled by 2^-64, so it orders ids as ``hash64`` does, with ties where
+    float64's 53 bits cannot tell two hashes apart."""
+    return hash64(ids, salt) / 2.0**64
 
 
 def prompt_messages(prompt: str | list[dict[str, Any]]) -> list[dict[str, str]]:

@@ -148,9 +148,12 @@ class LossConfig(Section):
     # Weight of an NLL term on the response the loss prefers, the safe one for safedpo/bfpo
     # (RPO-style; see rayalign.losses.anchor_nll); 0 = the paper's loss.
     sft_weight: float = Field(0.0, ge=0.0)
-    # The anchor's weight on pairs whose two responses are both safe (decided by helpfulness
-    # alone: benign prompts) when it should differ from the pairs a safety label decides
-    # (harmful prompts, whose anchored response is a refusal); None = sft_weight.
+    # The anchor's weight on pairs whose two responses are both labelled safe (decided by
+    # helpfulness alone: the demo's benign prompts, every all_safe or helpfulness_sources
+    # pair, and a harmful prompt with two safe responses) when it should differ from the
+    # pairs a safety label decides (one response unsafe: on the demo's harmful prompts the
+    # anchored response is the refusal); None = sft_weight. Split by the labels, for every
+    # loss, including those whose anchor is the chosen response (dpo, ipo).
     sft_weight_helpful: float | None = Field(None, ge=0.0)
     # Length-normalised log-probs: each response's summed log-prob (policy and reference)
     # divided by its token count before the loss, so h is a per-token log-ratio difference

@@ -131,7 +131,8 @@ def test_tiny_training_job_places_one_worker_on_each_node(head: LocalHead) -> No
         "submit", "jobs/train_tiny.yaml", "--address", head.address, "--follow",
         "--set", "train.num_workers=2", "--set", "train.placement_strategy=STRICT_SPREAD",
         "--set", "train.max_steps=4", "--set", "train.checkpoint_every=4",
-        # placement is the point: no eval split, reference log-probs in the loop
+        # placement is the point: no eval split (test_resources' local 2-worker run keeps
+        # one), reference log-probs in the loop
         "--set", "data.eval_fraction=0", "--set", "data.precompute_ref_logps=false",
         env=head.client_env(), cwd=REPO, timeout=420,
     )

@@ -89,7 +89,6 @@ def test_two_worker_train_on_a_local_ray_of_the_real_core_count(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "rayalign.cli", "train", str(REPO_ROOT / "jobs/train_tiny.yaml"),
          "--set", "train.num_workers=2", "--set", "train.max_steps=4", "--set", "train.checkpoint_every=4",
-         "--set", "data.eval_fraction=0",
          "--set", f"train.output_dir={tmp_path / 'out'}", "--set", f"data.cache_dir={tmp_path / 'cache'}",
          "--set", "data.precompute_ref_logps=false"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,

@@ -43,6 +43,7 @@ def _finished_trials(out: Path) -> set[str]:
 def test_sweep_runs_resumes_and_shares_the_reference_cache(tmp_path, cache_dir):
     env = {**os.environ, "RAYALIGN_CACHE": os.environ.get("RAYALIGN_CACHE", str(Path.home() / ".cache/rayalign"))}
     out = tmp_path / "sweeps" / "tiny-delta"
+    assert not any(cache_dir.iterdir()), "runs before the failing-trial test: it checks a cold cache"
 
     # Interrupt the sweep once the first trial has finished, as a crash or Ctrl-C would.
     first = _sweep(tmp_path, cache_dir, env=env)

@@ -842,7 +842,7 @@ def shuffle_keys(where: list[str], *, seed: int) -> np.ndarray:
     files live, and for every block layout. Sorting the prepared rows by these keys is
     ``data.shuffle``, done once when the cache is built, so a resumed run reads the same
     order. The keys are whole 64-bit hashes, not floats in [0, 1): float64 would tie rows
-    whose hashes differ only in the last 11 bits (about 5e-5 odds at a million rows),
-    leaving their order to the sort; the order is otherwise the same as the floats'.
+    whose hashes differ only in their last bits (up to 11; about 3e-5 odds at a million
+    rows), leaving their order to the sort; the order is otherwise the same as the floats'.
     """
     return hash64(np.asarray(where, dtype=object), f"order:{seed}")

@@ -109,7 +109,8 @@ def pair_id(prompt: str, chosen: str, rejected: str, chosen_safe: bool, rejected
 
 
 def hash64(ids: np.ndarray, salt: str) -> np.ndarray:
-    """A deterministic pseudo-random ``uint64`` per id: BLAKE2b-64 of ``"{salt}:{id}"``."""
+    """A deterministic pseudo-random ``uint64`` per id, shape ``[len(ids)]``: BLAKE2b-64 of
+    ``f"{salt}:{id}"`` (each id formatted with ``str``), big-endian."""
     out = np.empty(len(ids), dtype=np.uint64)
     for i, value in enumerate(ids):
         out[i] = int.from_bytes(hashlib.blake2b(f"{salt}:{value}".encode(), digest_size=8).digest(), "big")
@@ -117,9 +118,10 @@ def hash64(ids: np.ndarray, salt: str) -> np.ndarray:
 
 
 def unit_interval(ids: np.ndarray, salt: str) -> np.ndarray:
-    """A deterministic pseudo-uniform number in [0, 1) per id (for splits and sampling):
+    """A deterministic pseudo-uniform float64 per id (for splits and sampling):
     :func:`hash64` scaled by 2^-64, so it orders ids as ``hash64`` does, with ties where
-    float64's 53 bits cannot tell two hashes apart."""
+    float64's 53 bits cannot tell two hashes apart. In [0, 1], not [0, 1): the 1,024
+    largest hashes round to 1.0 (odds 2^-54 per id)."""
     return hash64(ids, salt) / 2.0**64
 
 

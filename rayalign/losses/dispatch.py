@@ -94,12 +94,18 @@ def anchor_weights(
 ) -> Tensor:
     """Per-pair weight ``[B]`` of the NLL anchor (``loss.sft_weight``, ``loss.sft_weight_helpful``).
 
-    A pair whose two responses are both safe is decided by helpfulness alone (a benign
-    prompt: the anchor trains its helpful answer) and weighs ``sft_weight_helpful``; every
-    other pair (a safety label decides it: on a harmful prompt the anchored response is a
-    refusal) weighs ``sft_weight``. ``sft_weight_helpful=None`` weighs every pair
-    ``sft_weight``. ``chosen_safe``/``rejected_safe``: ``[B]``, bool or 0/1; the weights take
-    ``like``'s dtype and device.
+    The split is by the two safety labels, not by the prompt. A pair whose two responses
+    are both labelled safe is decided by helpfulness alone (on the demo's benign prompts the
+    anchor trains the helpful answer; an all-safe or helpfulness-stream pair, or a harmful
+    prompt answered by two safe responses, counts too) and weighs ``sft_weight_helpful``;
+    every other pair weighs ``sft_weight``: one unsafe response (on the demo's harmful
+    prompts the anchored response is the refusal), or two, whose anchor
+    (:func:`anchor_nll`) is 0 for the safety losses. Losses whose anchor is the chosen
+    response (``dpo``, ``ipo``, ...) are split by the same labels.
+    ``sft_weight_helpful=None`` weighs every pair ``sft_weight``.
+
+    ``chosen_safe``/``rejected_safe``: ``[B]``, bool or 0/1. Returns ``[B]`` in ``like``'s
+    dtype and device.
     """
     weights = torch.full_like(like, float(sft_weight))
     if sft_weight_helpful is None:

@@ -6,7 +6,8 @@ Accumulation 3, three epochs, a checkpoint every 2 optimizer steps; 104 pairs ov
 workers x 4 pairs is 13 micro-batches a worker per epoch, so 4 steps an epoch and one
 micro-batch dropped at each epoch's end. A Train worker is SIGKILLed once the step-6
 checkpoint (inside epoch 1) is registered; Ray Train restarts the group from it. Every
-step's pair ids, loss and learning rate must equal the uninterrupted run's.
+step's pair ids, loss and learning rate must equal the uninterrupted run's (this is also
+the killed-worker test of the default, packed, path: 2 workers, ZeRO-2).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 
 import pytest
 from test_train_distributed import _config
-from train_support import ray_dataset, separable_pairs, train_and_kill_a_worker
+from train_support import alive_worker_pids, ray_dataset, separable_pairs, train_and_kill_a_worker
 
 from rayalign.config import Config
 from rayalign.modeling.models import load_tokenizer
@@ -40,6 +41,7 @@ def test_accumulation_resume_across_epochs_matches_uninterrupted(ray_local, tiny
     killed, outcome = train_and_kill_a_worker(cfg, pairs, "checkpoint_000006")
     assert killed is not None, "the run finished before the test could kill a worker"
     assert "error" not in outcome, outcome.get("error")
+    assert killed not in alive_worker_pids()
     result = outcome["result"]
     summary = json.loads((result.output_dir / "summary.json").read_text())
     resumed = summary["resumed_from"]
@@ -55,6 +57,9 @@ def test_accumulation_resume_across_epochs_matches_uninterrupted(ray_local, tiny
     for epoch in range(3):
         ids = [i for h in result.history if h["epoch"] == epoch for i in h["pair_ids"]]
         assert len(ids) == len(set(ids)) == 96
+    # keep_checkpoints=3: older ones are deleted (a save cut short by the kill may linger)
+    checkpoints = sorted(p.name for p in (out / "acc" / "ray" / "acc").glob("checkpoint_0*"))
+    assert "checkpoint_000006" not in checkpoints and checkpoints[-1] == "checkpoint_000012"
 
 
 def test_resume_on_another_number_of_workers_two_to_one_to_two(ray_local, tiny_model_dir, tmp_path_factory):

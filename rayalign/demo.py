@@ -84,14 +84,15 @@ METHOD_OVERRIDES: dict[str, list[str]] = {
             "train.max_steps=40"],
     # BFPO regresses h on per-token log-probs (loss.average_logps): with summed log-probs its
     # squared loss swamps the NLL anchor and no refusal is learned. beta and lr are the point
-    # jobs/sweep_demo_bfpo.yaml chose; alpha 0.5, anchor 0.5 and 60 steps are the demo run
-    # the validation rule picks over every BFPO run measured (the most harmless that kept
-    # validation compliance >= 0.95, harmful validation prompts being the demo's 93, a third
-    # of them short and blunt, plus a 140-prompt BeaverTails-Evaluation subset;
-    # docs/sweeps.md). A buffered step holds batch_size pairs of each set: 4 + 4 costs what
-    # SafeDPO's 8 do.
-    "bfpo": ["loss.name=bfpo", "loss.average_logps=true", "loss.beta=0.5", "loss.alpha=0.5", "loss.sft_weight=0.5",
-             "train.learning_rate=1e-3", "train.batch_size=4", "train.max_steps=60"],
+    # jobs/sweep_demo_bfpo.yaml chose, alpha 0.5 the demo runs' (docs/sweeps.md). A buffered
+    # step holds batch_size pairs of each set. 30 steps of 8 + 8 with anchor 0.7 replaced 60
+    # steps of 4 + 4 with anchor 0.5 (the same 240 + 240 pairs): on two shuffled orders
+    # (data.seed 0 and 1) they refused 7.5 instead of 14 of the 106 benign validation prompts
+    # on average, at less harmlessness (108.5 instead of 131.5 of 233 harmful validation and
+    # BeaverTails prompts refused); the smaller batch over-refused badly on one order
+    # (docs/sweeps/preregistered/2026-12-02-bfpo-buffered-batch.md).
+    "bfpo": ["loss.name=bfpo", "loss.average_logps=true", "loss.beta=0.5", "loss.alpha=0.5", "loss.sft_weight=0.7",
+             "train.learning_rate=1e-3", "train.batch_size=8", "train.max_steps=30"],
 }
 
 

@@ -84,7 +84,7 @@ METHOD_OVERRIDES: dict[str, list[str]] = {
             "train.max_steps=40"],
     # BFPO regresses h on per-token log-probs (loss.average_logps): with summed log-probs its
     # squared loss swamps the NLL anchor and no refusal is learned. beta and lr are the point
-    # jobs/sweep_demo_bfpo.yaml chose, alpha 0.5 the demo runs' (docs/sweeps.md). A buffered
+    # jobs/sweep_demo_bfpo.yaml chose; alpha 0.5 was chosen among demo runs (docs/sweeps.md). A buffered
     # step holds batch_size pairs of each set. 30 steps of 8 + 8 with anchor 0.7 replaced 60
     # steps of 4 + 4 with anchor 0.5 (the same 240 + 240 pairs): on two shuffled orders
     # (data.seed 0 and 1) they refused 7.5 instead of 14 of the 106 benign validation prompts

@@ -6,8 +6,9 @@ Accumulation 3, three epochs, a checkpoint every 2 optimizer steps; 104 pairs ov
 workers x 4 pairs is 13 micro-batches a worker per epoch, so 4 steps an epoch and one
 micro-batch dropped at each epoch's end. A Train worker is SIGKILLed once the step-6
 checkpoint (inside epoch 1) is registered; Ray Train restarts the group from it. Every
-step's pair ids, loss and learning rate must equal the uninterrupted run's (this is also
-the killed-worker test of the default, packed, path: 2 workers, ZeRO-2).
+step's pair ids, loss and learning rate must equal the uninterrupted run's. This is also
+the suite's killed-worker test of Ray Train's automatic restart (packed pairs, the default;
+2 workers, ZeRO-2); none runs separately at accumulation 1 or with the cosine schedule.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 
 import pytest
 from test_train_distributed import _config
-from train_support import alive_worker_pids, ray_dataset, separable_pairs, train_and_kill_a_worker
+from train_support import ray_dataset, separable_pairs, train_and_kill_a_worker
 
 from rayalign.config import Config
 from rayalign.modeling.models import load_tokenizer
@@ -41,7 +42,6 @@ def test_accumulation_resume_across_epochs_matches_uninterrupted(ray_local, tiny
     killed, outcome = train_and_kill_a_worker(cfg, pairs, "checkpoint_000006")
     assert killed is not None, "the run finished before the test could kill a worker"
     assert "error" not in outcome, outcome.get("error")
-    assert killed not in alive_worker_pids()
     result = outcome["result"]
     summary = json.loads((result.output_dir / "summary.json").read_text())
     resumed = summary["resumed_from"]

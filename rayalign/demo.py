@@ -85,13 +85,13 @@ METHOD_OVERRIDES: dict[str, list[str]] = {
     # BFPO regresses h on per-token log-probs (loss.average_logps): with summed log-probs its
     # squared loss swamps the NLL anchor and no refusal is learned. beta and lr are the point
     # jobs/sweep_demo_bfpo.yaml chose; alpha 0.5 was chosen among demo runs (docs/sweeps.md). A buffered
-    # step holds batch_size pairs of each set. 30 steps of 8 + 8 with anchor 0.7 replaced 60
-    # steps of 4 + 4 with anchor 0.5 (the same 240 + 240 pairs): on two shuffled orders
-    # (data.seed 0 and 1) they refused 7.5 instead of 14 of the 106 benign validation prompts
-    # on average, at less harmlessness (108.5 instead of 131.5 of 233 harmful validation and
-    # BeaverTails prompts refused); the smaller batch over-refused badly on one order
-    # (docs/sweeps/preregistered/2026-12-02-bfpo-buffered-batch.md).
-    "bfpo": ["loss.name=bfpo", "loss.average_logps=true", "loss.beta=0.5", "loss.alpha=0.5", "loss.sft_weight=0.7",
+    # step holds batch_size pairs of each set. 30 steps of 8 + 8 replaced 60 steps of 4 + 4
+    # (the same 240 + 240 pairs), which over-refused badly on one of two shuffled orders
+    # (data.seed 0 and 1): anchor 0.7 there refused 7.5 instead of 14 of the 106 benign
+    # validation prompts on average (Decision 9); anchor 1.0 then refused 10.5, within that
+    # rule's compliance floor, and 130.5 instead of 108.5 of the 233 harmful validation and
+    # BeaverTails prompts (Decision 11; docs/sweeps/preregistered/).
+    "bfpo": ["loss.name=bfpo", "loss.average_logps=true", "loss.beta=0.5", "loss.alpha=0.5", "loss.sft_weight=1.0",
              "train.learning_rate=1e-3", "train.batch_size=8", "train.max_steps=30"],
 }
 

@@ -87,8 +87,8 @@ METHOD_OVERRIDES: dict[str, list[str]] = {
     # jobs/sweep_demo_bfpo.yaml chose; alpha 0.5 was chosen among demo runs (docs/sweeps.md). A buffered
     # step holds batch_size pairs of each set. 30 steps of 8 + 8 replaced 60 steps of 4 + 4
     # (the same 240 + 240 pairs), which over-refused badly on one of two shuffled orders
-    # (data.seed 0 and 1): anchor 0.7 there refused 7.5 instead of 14 of the 106 benign
-    # validation prompts on average (Decision 9); anchor 1.0 then refused 10.5, within that
+    # (data.seed 0 and 1): at 8 + 8, anchor 0.7 refused 7.5 of the 106 benign validation
+    # prompts on average instead of 4 + 4's 14 (Decision 9); anchor 1.0 then refused 10.5, within that
     # rule's compliance floor, and 130.5 instead of 108.5 of the 233 harmful validation and
     # BeaverTails prompts (Decision 11; docs/sweeps/preregistered/).
     "bfpo": ["loss.name=bfpo", "loss.average_logps=true", "loss.beta=0.5", "loss.alpha=0.5", "loss.sft_weight=1.0",

@@ -225,8 +225,9 @@ def packed_mask_options(model: nn.Module) -> dict[str, Any]:
 
     SDPA models with full-attention layers only attend pair by pair from the batch's
     ``pair_layout`` (:func:`pair_segment_sdpa`) and get no dense ``L^2`` mask
-    (``dense_mask=False``), unless gradient checkpointing is on: its recomputation runs
-    after the forward has switched the attention back to SDPA, which then needs the mask.
+    (``dense_mask=False``), unless gradient checkpointing is on: its recomputation runs in
+    the backward, outside the forward's pair attention, so both run plain SDPA over the
+    dense mask (:class:`_pair_attention`).
     """
     inner = _unwrap(model)
     config = inner.config
@@ -342,14 +343,16 @@ class _pair_attention:
 
     ``dense``: whether the batch carries a dense mask; without one the model runs
     :data:`PAIR_ATTENTION_NO_MASK` so transformers builds no ``L^2`` mask either.
-    Gradient checkpointing recomputes after the context closed, with plain SDPA over
-    the full mask: the same numbers, only slower (so such models get dense masks,
-    :func:`packed_mask_options`).
+    Inactive under gradient checkpointing: its recomputation runs in the backward, after
+    the context closed, and torch's checkpoint refuses a recomputation that saves other
+    tensors than the forward did (``CheckpointError``), so such models run plain SDPA over
+    the packed batch's dense mask in both (:func:`packed_mask_options` keeps it).
     """
 
     def __init__(self, model: nn.Module, dense: bool = True) -> None:
-        self.config = getattr(_unwrap(model), "config", None)
-        self.active = getattr(self.config, "_attn_implementation", None) == "sdpa"
+        inner = _unwrap(model)
+        self.config = getattr(inner, "config", None)
+        self.active = getattr(self.config, "_attn_implementation", None) == "sdpa" and not _checkpointing(inner)
         self.impl = PAIR_ATTENTION if dense else PAIR_ATTENTION_NO_MASK
 
     def __enter__(self) -> bool:

@@ -11,6 +11,7 @@ from rayalign.config import ModelConfig
 from rayalign.errors import UserError
 from rayalign.modeling.models import (
     build_tiny_model,
+    enable_activation_checkpointing,
     load_model,
     load_tokenizer,
     model_fingerprint,
@@ -93,3 +94,17 @@ def test_builtin_smollm2_converts_once_and_loads():
     assert 130e6 < model.num_parameters() < 140e6
     assert "<|im_start|>assistant" in tokenizer.chat_template
     assert resolve_model_path("smollm2-135m-instruct") == path  # cached, same folder
+
+
+def test_activation_checkpointing_uses_the_name_the_installed_transformers_has():
+    """transformers 5.24's ``activation_checkpointing_enable`` (tests/test_packing.py turns
+    its deprecation warning into an error), else the older ``gradient_checkpointing_enable``,
+    non-reentrant either way."""
+
+    class Older:  # a model from a transformers release with only the old name
+        def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
+            self.kwargs = gradient_checkpointing_kwargs
+
+    older = Older()
+    enable_activation_checkpointing(older)
+    assert older.kwargs == {"use_reentrant": False}

@@ -8,13 +8,15 @@ of one DPO step within relative 1e-4.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rayalign.logprobs import batch_logps, packed_mask_options, packing_unsupported_reason
 from rayalign.losses import preference_loss
-from rayalign.modeling.models import build_tiny_model
+from rayalign.modeling.models import build_tiny_model, enable_activation_checkpointing
 from rayalign.train.collate import (
     collate_packed,
     collate_pairs,
@@ -117,6 +119,29 @@ def test_packed_logps_and_gradients_match_padded(tokenizer, kind, row_tokens):
         assert (g - w).norm() <= 1e-4 * w.norm() + 1e-8
 
 
+@pytest.mark.parametrize("kind", ["llama", "qwen2-sliding"])
+def test_packed_batches_train_under_activation_checkpointing(tokenizer, kind):
+    """Checkpointing recomputes each layer in the backward, outside the forward's pair
+    attention: the packed path must save the same tensors both times (torch raises
+    CheckpointError otherwise) and give the padded path's log-probs and gradients."""
+    rows = _rows(tokenizer)
+    model = _model(kind, len(tokenizer))
+    model.train()  # transformers checkpoints only in training mode (dropout is 0 here)
+
+    def step(batch):
+        model.zero_grad()
+        logps = batch_logps(model, batch)
+        logps.sum().backward()
+        return logps.detach(), [p.grad.clone() for p in model.parameters()]
+
+    want, want_grads = step(collate_pairs(rows, tokenizer.pad_token_id))
+    enable_activation_checkpointing(model)
+    got, got_grads = step(collate_packed(rows, tokenizer.pad_token_id, **packed_mask_options(model)))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        assert (g - w).norm() <= 1e-4 * w.norm() + 1e-8
+
+
 def test_shared_prompt_is_cut_at_the_first_scored_token():
     # identical first response token: still not shared, it is scored on both sides
     assert shared_prompt_length([1, 2, 3, 9], [1, 2, 3, 9, 8], [-100, -100, -100, 9],
@@ -213,7 +238,9 @@ def test_mask_free_batches_need_pair_attention_and_checkpointing_keeps_dense_mas
         batch_logps(model, batch)
     model.set_attn_implementation("sdpa")
     # recomputation after the forward runs plain SDPA, which needs the dense mask
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # the current name, not the deprecated one
+        enable_activation_checkpointing(model)
     assert "dense_mask" not in packed_mask_options(model)
 
 

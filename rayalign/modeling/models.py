@@ -340,6 +340,20 @@ def build_tiny_model(
 # --------------------------------------------------------------------------- trainable parameters
 
 
+def enable_activation_checkpointing(model: PreTrainedModel) -> None:
+    """Turn on non-reentrant activation (gradient) checkpointing.
+
+    transformers 5.24 has ``activation_checkpointing_enable`` and warns that the old
+    ``gradient_checkpointing_enable`` goes in v6; a release without the new name (the GPU
+    image runs 5.17, not checked here) gets the old one.
+    """
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def apply_lora(model: PreTrainedModel, cfg) -> PreTrainedModel:
     """Wrap ``model`` in a PEFT LoRA adapter described by ``cfg`` (a :class:`LoraConfig`).
 

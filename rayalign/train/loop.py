@@ -361,6 +361,7 @@ def _setup_model(cfg: Config, device: torch.device, rank: int):
     from rayalign.modeling.models import (
         apply_lora,
         apply_selective_unfreeze,
+        enable_activation_checkpointing,
         load_model,
         load_tokenizer,
     )
@@ -368,7 +369,7 @@ def _setup_model(cfg: Config, device: torch.device, rank: int):
     tokenizer = load_tokenizer(cfg.model)
     model = load_model(cfg.model, device=str(device))
     if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     if cfg.model.lora is not None:
         model = apply_lora(model, cfg.model.lora)
     elif cfg.model.trainable_modules is not None:

@@ -3,7 +3,7 @@
 Two panels share one x axis, the change in XSTest safe prompts answered (over-refusal; left
 is worse). The y axis is the change in XSTest unsafe prompts refused (left panel) and in
 AdvBench behaviours refused (right panel). Each point is one measured `rayalign demo` run,
-coloured by method. Each panel shades its target region (XSTest safe change ≥ −0.05 and
+coloured by method (hollow: the rejected contrast data v2 of Decision 12). Each panel shades its target region (XSTest safe change ≥ −0.05 and
 XSTest unsafe ≥ +0.20, resp. AdvBench ≥ +0.30). The current defaults (the CSV's
 `current_default` rows: SafeDPO anchor 0.3 and BFPO C3, data.seed 0 and 1) are ringed and
 labelled. A least-squares line is fitted through every
@@ -45,6 +45,11 @@ STYLE = {
 EPS = 1e-9  # the targets are inclusive; guards float parsing at the boundary
 
 
+def is_v2(row):
+    """Runs on Decision 12's rejected contrast data v2 (hollow markers)."""
+    return row["setting"].startswith("contrast data v2")
+
+
 def default_tag(row):
     """Short tag for a current default: S/B (SafeDPO/BFPO) + its data.seed, e.g. "B1"."""
     return row["method"][0].upper() + row["data_order"][-1]
@@ -53,7 +58,7 @@ def default_tag(row):
 def main():
     with CSV.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    fig, axes = plt.subplots(1, 2, figsize=(13, 7))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 7.6))
     for ax, (y_col, y_target, y_name) in zip(axes, PANELS, strict=True):
         pts = [r for r in rows if r[X_COL] and r[y_col]]
         x = np.array([float(r[X_COL]) for r in pts])
@@ -68,16 +73,25 @@ def main():
         ax.axhline(0, color="black", lw=0.5)
         ax.axvline(0, color="black", lw=0.5)
         for method, style in STYLE.items():
-            sel = [i for i, r in enumerate(pts) if r["method"] == method]
-            if sel:
+            for v2 in (False, True):
+                sel = [
+                    i for i, r in enumerate(pts) if r["method"] == method and is_v2(r) == v2
+                ]
+                if not sel:
+                    continue
+                label = f"{style['label']}{', data v2 (rejected)' if v2 else ''}"
                 ax.scatter(
                     x[sel],
                     y[sel],
                     s=36,
                     alpha=0.75,
-                    edgecolor="white",
-                    lw=0.5,
-                    **{**style, "label": f"{style['label']} ({len(sel)})"},
+                    lw=1.2 if v2 else 0.5,
+                    **{
+                        **style,
+                        "label": f"{label} ({len(sel)})",
+                        "facecolor": "none" if v2 else style["color"],
+                        "edgecolor": style["color"] if v2 else "white",
+                    },
                 )
         fit = [i for i, r in enumerate(pts) if r["method"] in ("safedpo", "bfpo")]
         slope, icpt = np.polyfit(x[fit], y[fit], 1)
@@ -88,7 +102,7 @@ def main():
             color="black",
             lw=1,
             ls=":",
-            label=f"least squares, SafeDPO + BFPO (n={len(fit)}): slope {slope:.2f} (points of y per point of x)",
+            label=f"least squares, SafeDPO + BFPO (n={len(fit)}): slope {slope:.2f}",
         )
         tagged = set()
         for i, r in enumerate(pts):
@@ -115,7 +129,7 @@ def main():
             facecolor="none",
             edgecolor="black",
             lw=1.5,
-            label="current default: S = SafeDPO anchor 0.3, B = BFPO C3; digit = data.seed",
+            label="current default (S SafeDPO, B BFPO; digit = data.seed)",
         )
         inside = [
             r

@@ -76,3 +76,17 @@ def test_one_cache_root_governs_models_and_prepared_data(tmp_path, monkeypatch, 
     assert (root / "keep.txt").exists()  # only the cache kinds' folders go
     assert main(["cache", "clear", "weights", "--yes"]) == 2
     assert "unknown cache kind" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--limit", "0"], "--limit 0: eval.limit: Input should be greater than 0"),
+        (["--model", "/nope/model", "--benchmarks", "xstest"], "/nope/model: no such model folder"),
+    ],
+)
+def test_eval_flag_and_model_errors_are_one_line_before_ray_starts(argv, message, capsys, tmp_path):
+    """Found by a new user: both printed tracebacks (a pydantic one; a Serve deployment's)."""
+    assert main(["eval", "--output-dir", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"rayalign eval: error: {message}"

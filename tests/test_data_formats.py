@@ -9,10 +9,15 @@ import numpy as np
 import pytest
 
 from rayalign.config import DataSource
-from rayalign.data.formats import AdapterOptions, detect_format, resolve_format
+from rayalign.data.formats import (
+    AdapterOptions,
+    detect_format,
+    resolve_format,
+    resolve_source_format,
+)
 from rayalign.data.readers import first_columns, iter_source_batches, resolve_source
 from rayalign.data.schema import prompt_messages
-from rayalign.data.validate import adapt_and_validate, rejected_rows, valid_rows
+from rayalign.data.validate import adapt_and_validate, rejected_rows, valid_rows, validate_source
 from rayalign.errors import UserError
 
 
@@ -334,3 +339,40 @@ def _valid_of(batch):
     table = adapt_and_validate(batch, resolve_format("auto", batch, opts, "f"), opts, "f")
     assert rejected_rows(table).num_rows == 0, rejected_rows(table).to_pylist()
     return valid_rows(table).to_pylist()
+
+
+def test_a_folder_mixing_formats_is_refused_naming_a_file_of_each(tmp_path, shared_data):
+    """Found by a new user: a folder with a PKU-SafeRLHF file and a safe/unsafe-pairs file
+    was read with the first file's format, rejecting every row of the second as
+    ``missing_field``. Each file is now detected on its own."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    pku = shared_data / "pku_saferlhf" / "pku_saferlhf_alpaca7b_test_sample.jsonl"
+    (folder / "a_pku.jsonl").write_bytes(pku.read_bytes())
+    (folder / "b_trl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in TWO_ROWS))
+    with pytest.raises(UserError) as err:
+        validate_source(DataSource(path=str(folder)), tmp_path / "rejects.parquet")
+    message = str(err.value)
+    assert "a_pku.jsonl: pku_saferlhf" in message and "b_trl.jsonl: trl" in message
+    assert "separate sources" in message
+    # one format named explicitly: read as the user says (rows that do not fit are rejects)
+    summary = validate_source(
+        DataSource(path=str(folder), format="pku_saferlhf"), tmp_path / "rejects.parquet"
+    )
+    assert summary["valid"] == 2 and summary["rejected"] == 2
+
+
+def test_source_format_detection_is_per_file_and_skips_empty_files():
+    trl = set(TWO_ROWS[0])
+    fmt = resolve_source_format(
+        "auto", [("empty.jsonl", set()), ("a.jsonl", trl), ("b.jsonl", trl)],
+        AdapterOptions(), "folder",
+    )
+    assert fmt.name == "trl"
+    with pytest.raises(UserError, match=r"empty\.jsonl: no records to detect a format from"):
+        resolve_source_format("auto", [("x", set())], AdapterOptions(), "empty.jsonl")
+    with pytest.raises(UserError, match=r"b.jsonl: no known preference format"):
+        resolve_source_format(
+            "auto", [("a.jsonl", trl), ("b.jsonl", {"question", "answer"})],
+            AdapterOptions(), "folder",
+        )

@@ -85,6 +85,15 @@ def test_folder_without_config_is_rejected(tmp_path):
         resolve_model_path(str(tmp_path))
 
 
+@pytest.mark.parametrize("name", ["/nope/model", "./outputs/run/model", "outputs/run/model", "~/x"])
+def test_a_missing_model_folder_is_named_not_taken_for_a_hub_id(name):
+    """Found by a new user: ``rayalign eval --model /nope/model`` deployed it to Serve and
+    failed inside a replica with a 40-line traceback. A hub id is "org/name"."""
+    with pytest.raises(UserError, match="no such model folder"):
+        resolve_model_path(name)
+    assert resolve_model_path("some-org/some-model") == "some-org/some-model"
+
+
 @pytest.mark.slow
 def test_builtin_smollm2_converts_once_and_loads():
     path = resolve_model_path("smollm2-135m-instruct")  # converts the GGUF on first use (~20 s)

@@ -25,9 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "through Ray Data, judges the completions and writes metrics.json, report.md and PNG plots. "
         "`rayalign eval calibrate` measures a judge against human labels.",
     )
-    parser.add_argument("--model", action="append", default=[], help="model path/name (repeat to compare)")
+    parser.add_argument("--model", action="append", default=[], help="model path/name (repeat to compare; default: the config's model, "
+                        "else the built-in smollm2-135m-instruct)")
     parser.add_argument("--baseline", default=None, help="baseline model for win rates")
-    parser.add_argument("--benchmarks", default=None, help="comma-separated, e.g. advbench,xstest,demo or custom:FILE")
+    parser.add_argument("--benchmarks", default=None, help="comma-separated, e.g. advbench,xstest,demo or custom:FILE "
+                        "(default: demo, the 153 held-out demo prompts)")
     parser.add_argument("--limit", type=int, default=None, help="prompts per benchmark (seeded subset)")
     parser.add_argument("--data-dir", default=None, help="folder with benchmark files (layout of ../shared/data)")
     parser.add_argument("--endpoint", default=None, help="use this running OpenAI-compatible server for --model")
@@ -77,9 +79,18 @@ def _eval_config(args: argparse.Namespace):
         updates[name] = getattr(args, name, None)
     if getattr(args, "benchmarks", None):
         updates["benchmarks"] = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+    from pydantic import ValidationError
+
+    from rayalign.config import ConfigError
+
     for key, value in updates.items():
         if value is not None:
-            setattr(cfg.eval, key, value)
+            try:
+                setattr(cfg.eval, key, value)
+            except ValidationError as exc:  # e.g. --limit 0: the config file's short message
+                flag = "--" + key.replace("_", "-")
+                msg = exc.errors()[0]["msg"]
+                raise ConfigError(f"{flag} {value!r}: eval.{key}: {msg}") from None
     return cfg
 
 
@@ -92,12 +103,16 @@ def run_eval_command(args: argparse.Namespace) -> int:
     from rayalign.serve.server import serve_running
 
     cfg = _eval_config(args)
-    if not cfg.eval.endpoint:
-        init_ray(need=eval_need(cfg.eval))
     models = [cfg.model.model_copy(update={"name_or_path": m}) for m in args.model] or [cfg.model]
     if cfg.eval.endpoint and len(models) > 1:
         raise UserError("--endpoint serves one model; give a single --model")
     baseline = cfg.model.model_copy(update={"name_or_path": args.baseline}) if args.baseline else None
+    if not cfg.eval.endpoint:
+        from rayalign.modeling.models import resolve_model_path
+
+        for model in [*models, *([baseline] if baseline else [])]:
+            resolve_model_path(model.name_or_path)  # a missing folder fails before Ray starts
+        init_ray(need=eval_need(cfg.eval))
     out = Path(cfg.eval.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     from rayalign.console import log_to

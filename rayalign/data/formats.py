@@ -401,6 +401,40 @@ def detect_format(columns: Iterable[str]) -> str:
     )
 
 
+def resolve_source_format(
+    name: str, columns_by_file: list[tuple[str, set[str]]], options: AdapterOptions, where: str
+) -> Format:
+    """The adapter for a source from its files' head columns (``readers.file_columns``).
+
+    With ``name`` "auto" every file is detected on its own, and a source whose files hold
+    different formats (a folder with a PKU-SafeRLHF file and a TRL file) is refused,
+    naming one file of each: one source has one format, so the files go in as separate
+    sources or the format is set explicitly. Otherwise as :func:`resolve_format` on the
+    first non-empty file's columns. Raises :class:`UserError`.
+    """
+    if name == "auto":
+        first_file: dict[str, str] = {}
+        for shown, columns in columns_by_file:
+            if columns:
+                try:
+                    first_file.setdefault(detect_format(columns), shown)
+                except UserError as exc:
+                    raise UserError(f"{shown}: {exc}") from None
+        if not first_file:
+            raise UserError(
+                f"{where}: no records to detect a format from (the file is empty, or its first "
+                "records could not be parsed as JSON/JSONL/CSV)"
+            )
+        if len(first_file) > 1:
+            found = "; ".join(f"{shown}: {fmt}" for fmt, shown in first_file.items())
+            raise UserError(
+                f"{where}: its files hold different preference formats ({found}); one source "
+                "has one format: list these files as separate sources, or set the format"
+            )
+    columns = next((c for _, c in columns_by_file if c), set())
+    return resolve_format(name, columns, options, where)
+
+
 def resolve_format(
     name: str, columns: Iterable[str], options: AdapterOptions, where: str
 ) -> Format:
@@ -416,7 +450,7 @@ def resolve_format(
     if name in ("trl", "canonical") and not options.all_safe and _safety_columns(names) is None:
         raise UserError(
             f"{where}: format {name} has no safety labels (columns chosen_safe/rejected_safe "
-            "or is_chosen_safe/is_rejected_safe); set all_safe: true to declare every "
-            "response safe, as BFPO does for helpfulness data"
+            "or is_chosen_safe/is_rejected_safe); set all_safe: true (CLI: --all-safe) to "
+            "declare every response safe, as BFPO does for helpfulness data"
         )
     return FORMATS[name]

@@ -34,12 +34,12 @@ import pyarrow.parquet as pq
 
 from rayalign.atomic import write_json
 from rayalign.config import Config, DataSource, ModelConfig
-from rayalign.data.formats import AdapterOptions, resolve_format
+from rayalign.data.formats import AdapterOptions, resolve_source_format
 from rayalign.data.readers import (
     ResolvedSource,
     arrow_to_raw_batch,
     display_path,
-    first_columns,
+    file_columns,
     load_hub_dataset,
     read_file_batches,
     resolve_source,
@@ -335,7 +335,7 @@ def _sources(cfg: Config) -> list[_Source]:
         for spec in specs:
             resolved = resolve_source(spec)
             options = AdapterOptions.from_source(spec)
-            fmt = resolve_format(spec.format, first_columns(resolved), options, spec.path)
+            fmt = resolve_source_format(spec.format, file_columns(resolved), options, spec.path)
             out.append(_Source(len(out), role, spec, resolved, fmt.name, options))
     if not any(s.role == "safety" for s in out):
         raise UserError("data.sources is empty: name at least one preference data set")

@@ -516,6 +516,23 @@ def sample_columns(path: str, filesystem: pafs.FileSystem | None = None, *, show
     return columns
 
 
+#: Format detection compares the heads of at most this many files of a folder or glob.
+FORMAT_CHECK_FILES = 256
+
+
+def file_columns(resolved: ResolvedSource, limit: int = FORMAT_CHECK_FILES) -> list[tuple[str, set[str]]]:
+    """``(shown path, column names of its first rows)`` for each of the source's first
+    ``limit`` files (a hub data set: one entry); what :func:`rayalign.data.formats.resolve_source_format`
+    detects formats from."""
+    if resolved.kind == "hub":
+        return [(resolved.name, first_columns(resolved))]
+    out = []
+    for path in resolved.files[:limit]:
+        shown = display_path(resolved, path)
+        out.append((shown, sample_columns(path, resolved.filesystem, shown=shown)))
+    return out
+
+
 def first_columns(resolved: ResolvedSource) -> set[str]:
     """Column names of the source's first rows (for format detection on the driver);
     samples the head of the first non-empty file (see :func:`sample_columns`)."""

@@ -51,7 +51,7 @@ REASONS: dict[str, str] = {
     "missing_field": "a required field is absent or null",
     "wrong_type": "a field has the wrong type (e.g. a number where text is expected)",
     "empty_field": "a text field is empty or only whitespace",
-    "non_boolean_label": "a safety label is not a boolean (true/false, 1/0)",
+    "non_boolean_label": "a safety label is not a boolean (true/false, 1/0, yes/no)",
     "invalid_preference": "the preference marker does not name one of the two responses",
     "inconsistent_prompt": "conversational chosen/rejected do not share the same earlier turns",
     "prompt_mismatch": "the prompt column contradicts the conversation turns in chosen/rejected",

@@ -272,12 +272,12 @@ def validate_source(
 
     import pyarrow.parquet as pq
 
-    from rayalign.data.formats import resolve_format
-    from rayalign.data.readers import first_columns, iter_source_batches, resolve_source
+    from rayalign.data.formats import resolve_source_format
+    from rayalign.data.readers import file_columns, iter_source_batches, resolve_source
 
     resolved = resolve_source(source)
     options = AdapterOptions.from_source(source)
-    fmt = resolve_format(source.format, first_columns(resolved), options, source.path)
+    fmt = resolve_source_format(source.format, file_columns(resolved), options, source.path)
     summary = ValidationSummary()
     info = None
     if tokenizer is not None:

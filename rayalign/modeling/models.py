@@ -115,6 +115,8 @@ def resolve_model_path(name_or_path: str) -> str:
         if not (path / "config.json").is_file():
             raise UserError(f"{path}: not a model folder (no config.json)")
         return str(path.resolve())
+    if path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1:
+        raise UserError(f"{name_or_path}: no such model folder")  # a hub id is "org/name"
     return name_or_path  # a hub id
 
 

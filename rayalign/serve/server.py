@@ -131,6 +131,7 @@ def serve_model(
     """Deploy one model as a Serve application and return where it answers."""
     from ray import serve
 
+    from rayalign.modeling.hub import require_hub
     from rayalign.modeling.models import resolve_model_path
 
     model_cfg = model if isinstance(model, ModelConfig) else ModelConfig(name_or_path=model)
@@ -147,7 +148,10 @@ def serve_model(
         from rayalign.serve.app import ServeSettings, build_generation_app
 
         # Fail here, in the caller's process, with a clear message (not inside a replica).
-        model_cfg = model_cfg.model_copy(update={"name_or_path": resolve_model_path(model_cfg.name_or_path)})
+        resolved = resolve_model_path(model_cfg.name_or_path)
+        if not Path(resolved).exists():
+            require_hub(f"model {model_cfg.name_or_path!r}")
+        model_cfg = model_cfg.model_copy(update={"name_or_path": resolved})
         settings = ServeSettings(
             model=model_cfg, model_id=model_id, api_key=api_key, limits=limits or ServerLimits(),
             max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s,

@@ -90,3 +90,13 @@ def test_eval_flag_and_model_errors_are_one_line_before_ray_starts(argv, message
     assert main(["eval", "--output-dir", str(tmp_path), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"rayalign eval: error: {message}"
+
+
+def test_data_prepare_says_where_valid_rows_went():
+    """Found by a new user: 1,545 duplicates dropped from the PKU 5k file showed only in
+    data_summary.json, not in the console line."""
+    from rayalign.commands.data import removed_rows_text
+
+    stats = {"duplicates": 1545, "sampled_out": 0, "transform": {"safedpo": {"dropped": 12}}}
+    assert removed_rows_text(stats) == "1545 duplicates, 12 unsafe/unsafe pairs dropped (SafeDPO)"
+    assert removed_rows_text({"duplicates": 0}) == ""

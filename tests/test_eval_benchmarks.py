@@ -178,3 +178,12 @@ def test_relative_benchmark_paths_become_absolute_for_trials_elsewhere(tmp_path)
                      "xstest@4", f"advbench:{tmp_path}/a.csv"]
     assert data_dir == str(tmp_path / "shared" / "data")
     assert absolute_paths(["demo"], None, tmp_path) == (["demo"], None)
+
+
+def test_a_data_dir_that_does_not_exist_is_warned_about(tmp_path, caplog):
+    """Found by a new user: a typo in --data-dir silently fell back to the bundled copy."""
+    missing = str(tmp_path / "no-such-folder")
+    with caplog.at_level("WARNING", logger="rayalign.eval"):
+        rows = load_benchmark("xstest", data_dir=missing, limit=3, seed=0)
+    assert len(rows) == 3
+    assert f"data dir {missing} does not exist" in caplog.text

@@ -94,6 +94,19 @@ def run_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def removed_rows_text(stats: dict) -> str:
+    """Where valid rows went between validation and the splits, for the console line
+    (``data_summary.json`` has every count): "" when none were removed."""
+    removed = {
+        "duplicates": stats.get("duplicates", 0),
+        "sampled out (fraction)": stats.get("sampled_out", 0),
+        "unsafe/unsafe pairs dropped (SafeDPO)": stats.get("transform", {})
+        .get("safedpo", {})
+        .get("dropped", 0),
+    }
+    return ", ".join(f"{n} {what}" for what, n in removed.items() if n)
+
+
 def run_prepare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -118,8 +131,10 @@ def run_prepare(args: argparse.Namespace) -> int:
     stats = prepared.stats
     rows = stats["rows"]
     print(json.dumps(stats["validation"]))
+    removed_text = removed_rows_text(stats)
     print(
         f"prepared {rows['train']} train / {rows['eval']} eval / {rows['helpfulness']} helpfulness pairs "
-        f"(cache {stats['cache']}, reference log-probs {stats['ref_cache']}); outputs in {out}"
+        f"({'removed: ' + removed_text + '; ' if removed_text else ''}"
+        f"cache {stats['cache']}, reference log-probs {stats['ref_cache']}); outputs in {out}"
     )
     return 0

@@ -20,6 +20,7 @@ Hugging Face Hub when online; offline, the error says what to pass instead.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -84,6 +85,8 @@ def _locate(benchmark: str, path: str | None, data_dir: str | None, relative: tu
         if not found.is_file():
             raise UserError(f"benchmark {benchmark!r}: file not found: {found}")
         return found
+    if data_dir and not Path(data_dir).expanduser().is_dir():
+        _warn_missing_data_dir(data_dir)
     tried = [Path(data_dir).expanduser() / rel for rel in relative] if data_dir else []
     for candidate in tried:
         if candidate.is_file():
@@ -101,6 +104,14 @@ def _locate(benchmark: str, path: str | None, data_dir: str | None, relative: tu
         logger.warning(f"benchmark {benchmark!r}: not in the data dir (looked for {looked}); loading its "
                        "hub id instead, whose prompts can differ from a local copy")
     return None
+
+
+@functools.cache
+def _warn_missing_data_dir(data_dir: str) -> None:
+    """Once per folder: a typo in --data-dir would otherwise pass unnoticed (bundled copies
+    of AdvBench and XSTest are used instead)."""
+    logger.warning(f"data dir {data_dir} does not exist; using rayalign's bundled benchmark copies "
+                   "where there are some")
 
 
 def bundled_path(rel: str) -> Path:

@@ -430,7 +430,8 @@ class ConfigError(UserError, ValueError):
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"loss.beta=0.2"`` → ``(["loss", "beta"], 0.2)``; values are parsed as YAML scalars."""
+    """``"loss.beta=0.2"`` → ``(["loss", "beta"], 0.2)``; the value is parsed as YAML, so a
+    list or mapping goes in flow style: ``data.sources=[{path: pairs.jsonl}]``."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. loss.beta=0.2")
@@ -445,7 +446,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         for part in path[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {text!r}: {part!r} is not a section")
+                raise ConfigError(
+                    f"--set {text!r}: {part!r} is not a section (a list is set whole, in YAML "
+                    "flow style: e.g. --set 'data.sources=[{path: pairs.jsonl}]')"
+                )
             node = child
         node[path[-1]] = value
     return raw

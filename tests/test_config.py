@@ -83,3 +83,14 @@ def test_an_evaluation_serves_batches_no_larger_than_its_requests_in_flight():
     assert replica_batch_size(EvalConfig(max_batch_size=8, concurrency=4)) == 4
     assert replica_batch_size(EvalConfig(max_batch_size=16, concurrency=64)) == 16
     assert replica_batch_size(EvalConfig(max_batch_size=64, concurrency=64)) == 64
+
+
+def test_a_list_item_override_says_how_to_set_the_list_whole():
+    """Found by a new user: ``--set data.sources.0.path=X`` said only "'sources' is not a
+    section"; a list goes whole, as YAML flow style."""
+    from rayalign.config import ConfigError, apply_overrides
+
+    with pytest.raises(ConfigError, match=r"a list is set whole.*data\.sources=\[\{path"):
+        apply_overrides({"data": {"sources": [{"path": "a.jsonl"}]}}, ["data.sources.0.path=x"])
+    raw = apply_overrides({"data": {}}, ["data.sources=[{path: b.jsonl, fraction: 0.5}]"])
+    assert raw["data"]["sources"] == [{"path": "b.jsonl", "fraction": 0.5}]

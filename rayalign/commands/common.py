@@ -13,7 +13,8 @@ def add_overrides(parser: argparse.ArgumentParser, example: str = "train.num_wor
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help=f"override a config field, e.g. --set {example} (repeatable)",
+        help=f"override a config field, e.g. --set {example} (repeatable; the value is YAML, "
+        "so lists go whole: --set 'data.sources=[{path: pairs.jsonl}]')",
     )
 
 

@@ -239,9 +239,10 @@ def run_training(
         )
     total = total_steps(steps, cfg.train)
     if verbose:
+        pairs = " + ".join(f"{n} {split}" for split, n in row_counts.items())
         logger.info(
             "training %s with %s on %s pairs: %d steps x %d worker(s), ZeRO-%d",
-            cfg.model.name_or_path, cfg.loss.name, row_counts, total, cfg.train.num_workers, cfg.train.zero_stage,
+            cfg.model.name_or_path, cfg.loss.name, pairs, total, cfg.train.num_workers, cfg.train.zero_stage,
         )
         logger.info("outputs: %s", out)
         logger.info("checkpoints: %s/%s", storage_path_for(cfg), cfg.train.name)

@@ -3,7 +3,7 @@
 Two panels share one x axis, the change in XSTest safe prompts answered (over-refusal; left
 is worse). The y axis is the change in XSTest unsafe prompts refused (left panel) and in
 AdvBench behaviours refused (right panel). Each point is one measured `rayalign demo` run,
-coloured by method (hollow: the rejected contrast data v2 of Decision 12). Each panel shades its target region (XSTest safe change ≥ −0.05 and
+coloured by method (hollow: the rejected data versions of Decisions 12 and 13). Each panel shades its target region (XSTest safe change ≥ −0.05 and
 XSTest unsafe ≥ +0.20, resp. AdvBench ≥ +0.30). The current defaults (the CSV's
 `current_default` rows: SafeDPO anchor 0.3 and BFPO C3, data.seed 0 and 1) are ringed and
 labelled. A least-squares line is fitted through every
@@ -46,8 +46,8 @@ EPS = 1e-9  # the targets are inclusive; guards float parsing at the boundary
 
 
 def is_v2(row):
-    """Runs on Decision 12's rejected contrast data v2 (hollow markers)."""
-    return row["setting"].startswith("contrast data v2")
+    """Runs on a rejected data version, Decisions 12 and 13 (hollow markers)."""
+    return row["setting"].startswith(("contrast data v2", "discrimination contrast data"))
 
 
 def default_tag(row):
@@ -79,7 +79,7 @@ def main():
                 ]
                 if not sel:
                     continue
-                label = f"{style['label']}{', data v2 (rejected)' if v2 else ''}"
+                label = f"{style['label']}{', rejected data (D12, D13)' if v2 else ''}"
                 ax.scatter(
                     x[sel],
                     y[sel],

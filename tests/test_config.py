@@ -94,3 +94,11 @@ def test_a_list_item_override_says_how_to_set_the_list_whole():
         apply_overrides({"data": {"sources": [{"path": "a.jsonl"}]}}, ["data.sources.0.path=x"])
     raw = apply_overrides({"data": {}}, ["data.sources=[{path: b.jsonl, fraction: 0.5}]"])
     assert raw["data"]["sources"] == [{"path": "b.jsonl", "fraction": 0.5}]
+
+
+def test_bfpo_b1_below_one_is_refused():
+    """Found by a new user: ``loss.b1=0.5`` was accepted, making b3 = 1/(b1 - 1) negative,
+    which ranks an unsafe-over-safe pair above a safe-over-unsafe one."""
+    with pytest.raises(ConfigError, match=r"loss\.b1"):
+        load_config(None, ["loss.name=bfpo", "loss.b1=0.5"])
+    assert load_config(None, ["loss.name=bfpo", "loss.b1=2"]).loss.b1 == 2.0

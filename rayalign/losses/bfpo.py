@@ -46,7 +46,7 @@ def bfpo_loss(
     unsafe&unhelpful > unsafe&helpful.
 
     Args: four ``[B]`` sequence log-probs; ``[B]`` safety labels; ``beta`` > 0
-    (0.01-0.5), ``b1`` != 1 (2-5), ``alpha`` (0-1). Returns ``[B]``, ``>= 0``;
+    (0.01-0.5), ``b1`` > 1 (2-5), ``alpha`` (0-1). Returns ``[B]``, ``>= 0``;
     ``(g/β)²`` at the start, e.g. 100 for a safe/unsafe pair at β = 0.1.
     """
     h = log_ratio_difference(

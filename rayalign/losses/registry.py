@@ -84,8 +84,10 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
                        typical="0.01-0.5 (SimPO: 2-10)", gt=0.0),
         Hyperparameter("delta", 10.0, "SafeDPO's extra margin Δ for a safe-over-unsafe pair",
                        typical="0-20", ge=0.0),
+        # b1 > 1 keeps b3 = 1/(b1 - 1) positive; below 1 a safe-over-unsafe pair's target
+        # drops under an unsafe-over-safe one's, the opposite of BFPO's ranking.
         Hyperparameter("b1", 3.0, "BFPO's weight of the chosen response's safety (b3 = 1/(b1 - 1))",
-                       typical="2-5", excluded=(1.0,)),
+                       typical="2-5", gt=1.0),
         Hyperparameter("alpha", 0.5, "BFPO's label shift α (moves the target towards safety or helpfulness)",
                        typical="0-1"),
         Hyperparameter("gamma", 0.5, "SimPO's target reward margin γ",

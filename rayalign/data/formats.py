@@ -402,17 +402,22 @@ def detect_format(columns: Iterable[str]) -> str:
 
 
 def resolve_source_format(
-    name: str, columns_by_file: list[tuple[str, set[str]]], options: AdapterOptions, where: str
+    name: str,
+    columns_by_file: Iterable[tuple[str, set[str]]],
+    options: AdapterOptions,
+    where: str,
 ) -> Format:
     """The adapter for a source from its files' head columns (``readers.file_columns``).
 
     With ``name`` "auto" every file is detected on its own, and a source whose files hold
     different formats (a folder with a PKU-SafeRLHF file and a TRL file) is refused,
     naming one file of each: one source has one format, so the files go in as separate
-    sources or the format is set explicitly. Otherwise as :func:`resolve_format` on the
-    first non-empty file's columns. Raises :class:`UserError`.
+    sources or the format is set explicitly. A named format reads only as far as the first
+    non-empty file and is checked as :func:`resolve_format` does. Raises :class:`UserError`.
     """
+    columns_by_file = iter(columns_by_file)
     if name == "auto":
+        columns_by_file = list(columns_by_file)
         first_file: dict[str, str] = {}
         for shown, columns in columns_by_file:
             if columns:

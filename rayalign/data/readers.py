@@ -520,17 +520,18 @@ def sample_columns(path: str, filesystem: pafs.FileSystem | None = None, *, show
 FORMAT_CHECK_FILES = 256
 
 
-def file_columns(resolved: ResolvedSource, limit: int = FORMAT_CHECK_FILES) -> list[tuple[str, set[str]]]:
+def file_columns(
+    resolved: ResolvedSource, limit: int = FORMAT_CHECK_FILES
+) -> Iterator[tuple[str, set[str]]]:
     """``(shown path, column names of its first rows)`` for each of the source's first
-    ``limit`` files (a hub data set: one entry); what :func:`rayalign.data.formats.resolve_source_format`
-    detects formats from."""
+    ``limit`` files (a hub data set: one entry), read lazily; what
+    :func:`rayalign.data.formats.resolve_source_format` detects formats from."""
     if resolved.kind == "hub":
-        return [(resolved.name, first_columns(resolved))]
-    out = []
+        yield resolved.name, first_columns(resolved)
+        return
     for path in resolved.files[:limit]:
         shown = display_path(resolved, path)
-        out.append((shown, sample_columns(path, resolved.filesystem, shown=shown)))
-    return out
+        yield shown, sample_columns(path, resolved.filesystem, shown=shown)
 
 
 def first_columns(resolved: ResolvedSource) -> set[str]:

@@ -415,29 +415,28 @@ def resolve_source_format(
     sources or the format is set explicitly. A named format reads only as far as the first
     non-empty file and is checked as :func:`resolve_format` does. Raises :class:`UserError`.
     """
-    columns_by_file = iter(columns_by_file)
-    if name == "auto":
-        columns_by_file = list(columns_by_file)
-        first_file: dict[str, str] = {}
-        for shown, columns in columns_by_file:
-            if columns:
-                try:
-                    first_file.setdefault(detect_format(columns), shown)
-                except UserError as exc:
-                    raise UserError(f"{shown}: {exc}") from None
-        if not first_file:
-            raise UserError(
-                f"{where}: no records to detect a format from (the file is empty, or its first "
-                "records could not be parsed as JSON/JSONL/CSV)"
-            )
-        if len(first_file) > 1:
-            found = "; ".join(f"{shown}: {fmt}" for fmt, shown in first_file.items())
-            raise UserError(
-                f"{where}: its files hold different preference formats ({found}); one source "
-                "has one format: list these files as separate sources, or set the format"
-            )
-    columns = next((c for _, c in columns_by_file if c), set())
-    return resolve_format(name, columns, options, where)
+    if name != "auto":
+        return resolve_format(name, next((c for _, c in columns_by_file if c), set()), options, where)
+    first_file: dict[str, tuple[str, set[str]]] = {}  # format -> (its first file, columns)
+    for shown, columns in columns_by_file:
+        if columns:
+            try:
+                first_file.setdefault(detect_format(columns), (shown, columns))
+            except UserError as exc:
+                raise UserError(f"{shown}: {exc}") from None
+    if not first_file:
+        raise UserError(
+            f"{where}: no records to detect a format from (the file is empty, or its first "
+            "records could not be parsed as JSON/JSONL/CSV)"
+        )
+    if len(first_file) > 1:
+        found = "; ".join(f"{shown}: {fmt}" for fmt, (shown, _) in first_file.items())
+        raise UserError(
+            f"{where}: its files hold different preference formats ({found}); one source "
+            "has one format: list these files as separate sources, or set the format"
+        )
+    ((detected, (_, columns)),) = first_file.items()
+    return resolve_format(detected, columns, options, where)
 
 
 def resolve_format(

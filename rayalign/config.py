@@ -9,6 +9,8 @@ outputs as its reproducible record.
 from __future__ import annotations
 
 import copy
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -31,10 +33,25 @@ LossName = str
 TorchThreads = Annotated[int | None, Field(gt=0)]
 
 
+def _numeric(annotation: Any) -> bool:
+    """True for ``int``, ``float`` and their optional forms (``int | None``)."""
+    args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    return any(a in (int, float) for a in args) and all(a in (int, float, type(None)) for a in args)
+
+
 class Section(BaseModel):
-    """Base for config sections: unknown keys are errors, not silently ignored."""
+    """Base for config sections: unknown keys are errors, not silently ignored, and a number
+    is never read from a YAML boolean (``epochs: yes`` is an error, not 1)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: Any) -> Any:
+        if isinstance(value, bool) and _numeric(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"expected a number, not the boolean {str(value).lower()} "
+                             "(YAML reads yes/no/on/off as booleans)")
+        return value
 
 
 class LoraConfig(Section):
@@ -266,6 +283,20 @@ class EvalConfig(Section):
 
     benchmarks: list[str] = Field(default_factory=lambda: ["demo"])
     judge: str = "refusal"
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _known_benchmarks(cls, value: list[str]) -> list[str]:
+        """An unknown name or a bad ``@N`` fails with the config, before Ray starts."""
+        from rayalign.eval.benchmarks import parse_spec, spec_limit
+
+        for spec in value:
+            try:
+                parse_spec(spec)
+                spec_limit(spec)
+            except UserError as exc:
+                raise ValueError(str(exc)) from None
+        return value
     max_new_tokens: int = Field(64, gt=0)
     temperature: float = Field(0.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)

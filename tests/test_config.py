@@ -34,6 +34,11 @@ def test_yaml_and_overrides(tmp_path):
         (["loss.b1=1"], "loss.b1"),
         (["data.max_prompt_length=600"], "max_prompt_length"),
         (["novalue"], "KEY=VALUE"),
+        # YAML's yes/true is a boolean, which pydantic alone would read as the number 1
+        (["train.epochs=yes"], "train.epochs: .*not the boolean true"),
+        (["loss.beta=true"], "loss.beta: .*not the boolean true"),
+        (["train.torch_threads=no"], "train.torch_threads: .*not the boolean false"),
+        (["eval.benchmarks=[xtest]"], "eval.benchmarks: .*unknown benchmark 'xtest'"),
     ],
 )
 def test_bad_values_name_the_field(overrides, message):

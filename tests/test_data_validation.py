@@ -152,6 +152,18 @@ def test_validate_cli_prints_one_json_object(bad_file, tmp_path, capsys):
     assert {"rows", "valid", "rejected", "reasons"} <= set(summary) and summary["rejected"] == 9
     assert pq.read_table(rejects).num_rows == 9
     assert main(["data", "validate", str(tmp_path / "missing.jsonl")]) == 2
+    capsys.readouterr()
+    # --strict: any rejected row fails the check (a data set gated in CI), with one line why
+    assert main(["data", "validate", str(bad_file), "--rejects", str(rejects), "--strict"]) == 1
+    assert json.loads(capsys.readouterr().out)["rejected"] == 9  # the summary is still printed
+    # a file with no valid row fails without --strict: there is nothing to train on
+    broken = tmp_path / "all-broken.jsonl"
+    broken.write_text("\n".join(bad_file.read_text(encoding="latin-1").splitlines()[6:]) + "\n", encoding="latin-1")
+    assert main(["data", "validate", str(broken), "--rejects", str(rejects)]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["valid"] == 0
+    assert captured.err.strip() == (f"rayalign data validate: no valid rows: all 9 rows were rejected; "
+                                    f"the rejected rows are in {rejects}")
 
 
 def test_hub_id_offline_fails_fast_with_a_plain_message(tmp_path):

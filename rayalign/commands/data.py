@@ -24,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="check every row of a file/folder/glob/hub id; print one JSON summary",
         description="Prints {rows, valid, rejected, reasons, duplicates, format, rejects_file} as "
         "one JSON object and writes every rejected row (file, row, field, reason, original "
-        "values) to a Parquet file. Exits non-zero only when the input cannot be read.",
+        "values) to a Parquet file. Exit status: 0 when some rows are valid (rejected rows are "
+        "quarantined, not fatal), 1 when no row is valid (or, with --strict, when any row "
+        "is rejected), 2 when the input cannot be read.",
         epilog="reasons: " + "; ".join(f"{k}: {v}" for k, v in REASONS.items()),
     )
     validate.add_argument(
@@ -50,6 +52,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="also tokenize valid rows with this model's tokenizer and chat template, as "
         "`data prepare` does, and report what tokenization rejects",
+    )
+    validate.add_argument(
+        "--strict", action="store_true",
+        help="exit 1 when any row is rejected (for CI checks of a data set)",
     )
     validate.add_argument("--max-length", type=int, default=512, help="with --tokenizer")
     validate.add_argument("--max-prompt-length", type=int, default=256, help="with --tokenizer")
@@ -91,6 +97,19 @@ def run_validate(args: argparse.Namespace) -> int:
     )
     json.dump(summary, sys.stdout)
     sys.stdout.write("\n")
+    return _validate_status(summary, strict=args.strict)
+
+
+def _validate_status(summary: dict, *, strict: bool) -> int:
+    """``data validate``'s exit status, with a one-line reason on stderr when it is 1."""
+    rows, valid, rejected = summary["rows"], summary["valid"], summary["rejected"]
+    where = f"; the rejected rows are in {summary['rejects_file']}" if summary.get("rejects_file") else ""
+    if rows and not valid:
+        print(f"rayalign data validate: no valid rows: all {rows} rows were rejected{where}", file=sys.stderr)
+        return 1
+    if strict and rejected:
+        print(f"rayalign data validate: {rejected} of {rows} rows rejected (--strict){where}", file=sys.stderr)
+        return 1
     return 0
 
 

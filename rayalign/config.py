@@ -62,6 +62,10 @@ class LoraConfig(Section):
     alpha: int = Field(32, gt=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # Decoder layers (0-based) that get adapters; None = every layer (PEFT's
+    # `layers_to_transform`). With only later layers adapted, the backward pass stops at the
+    # first adapted layer, and the adapters read features the earlier layers already built.
+    layers_to_transform: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1)
     merge_on_export: bool = False
 
 

@@ -117,3 +117,16 @@ def test_activation_checkpointing_uses_the_name_the_installed_transformers_has()
     older = Older()
     enable_activation_checkpointing(older)
     assert older.kwargs == {"use_reentrant": False}
+
+
+def test_lora_on_chosen_layers_adapts_only_those_and_names_a_missing_one(tiny_model_dir):
+    from rayalign.config import LoraConfig
+    from rayalign.modeling.models import apply_lora
+
+    lora = LoraConfig(r=2, target_modules=["q_proj", "down_proj"], layers_to_transform=[1])
+    model = apply_lora(load_model(ModelConfig(name_or_path=str(tiny_model_dir))), lora)
+    trained = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trained and all(".layers.1." in name for name in trained)
+    assert len(trained) == 4  # A and B of q_proj and down_proj, in layer 1 only
+    with pytest.raises(UserError, match=r"layer 2 does not exist; this model's decoder layers are 0\.\.1"):
+        apply_lora(load_model(ModelConfig(name_or_path=str(tiny_model_dir))), lora.model_copy(update={"layers_to_transform": [0, 2]}))

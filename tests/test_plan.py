@@ -80,6 +80,8 @@ def test_lora_counts_adapter_matrices() -> None:
     model = ModelConfig(name_or_path="x", lora=LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
     # q: 8*(4096+4096); v: 8*(4096+1024) (grouped-query attention), per layer
     assert trainable_parameters(MISTRAL, model) == 32 * (8 * 8192 + 8 * 5120)
+    later = model.model_copy(update={"lora": model.lora.model_copy(update={"layers_to_transform": [24, 31, 31]})})
+    assert trainable_parameters(MISTRAL, later) == 2 * (8 * 8192 + 8 * 5120)
 
 
 def test_zero_stages_shard_what_the_paper_says(tmp_path: Path) -> None:

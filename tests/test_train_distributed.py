@@ -113,7 +113,9 @@ def test_lora_trains_only_the_adapter_and_exports_adapter_and_merged_model(
         tiny_model_dir, tmp_path_factory.mktemp("lora"), "lora",
         num_workers=1, zero_stage=1, epochs=2, learning_rate=5e-3, checkpoint_every=100,
     )
-    cfg.model.lora = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"], "merge_on_export": True}
+    # adapters on the last decoder layer only (model.lora.layers_to_transform)
+    cfg.model.lora = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"], "merge_on_export": True,
+                      "layers_to_transform": [1]}
     result = run_training(cfg, datasets={"train": ray_dataset(separable_pairs(tokenizer, 32))},
                           verbose=False)
     history = result.history
@@ -127,7 +129,7 @@ def test_lora_trains_only_the_adapter_and_exports_adapter_and_merged_model(
     base = load_file(str(tiny_model_dir / "model.safetensors"))
     merged = load_file(str(result.model_dir / "model.safetensors"))
     changed = {k for k in base if not torch.equal(base[k], merged[k])}
-    assert changed and all(("q_proj" in k or "v_proj" in k) for k in changed)
+    assert changed and all(("q_proj" in k or "v_proj" in k) and ".layers.1." in k for k in changed)
     # the adapter on the plain base gives the merged model's logits
     ids = torch.tensor([[1, 5, 9, 12, 3]])
     with torch.no_grad():

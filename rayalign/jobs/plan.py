@@ -56,12 +56,14 @@ def training_precision(model: ModelConfig, use_gpu: bool) -> Precision:
 
 
 def lora_parameters(dims: ModelDims, lora: LoraConfig) -> int:
-    """r * (fan_in + fan_out) per adapted Linear (the A and B matrices)."""
+    """r * (fan_in + fan_out) per adapted Linear (the A and B matrices), in every adapted layer."""
     total = 0
     for module, (fan_in, fan_out) in dims.linear_shapes().items():
         if any(module.split(".")[-1] == target for target in lora.target_modules):
             total += lora.r * (fan_in + fan_out)
-    return total * dims.num_layers
+    layers = lora.layers_to_transform
+    adapted = dims.num_layers if layers is None else len({i for i in layers if i < dims.num_layers})
+    return total * adapted
 
 
 def trainable_parameters(dims: ModelDims, model: ModelConfig) -> int:

@@ -63,8 +63,8 @@ class LoraConfig(Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     # Decoder layers (0-based) that get adapters; None = every layer (PEFT's
-    # `layers_to_transform`). With only later layers adapted, the backward pass stops at the
-    # first adapted layer, and the adapters read features the earlier layers already built.
+    # `layers_to_transform`). With only later layers adapted, the adapters read features the
+    # earlier layers already built, and autograd has nothing to train below the first of them.
     layers_to_transform: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1)
     merge_on_export: bool = False
 
@@ -287,20 +287,6 @@ class EvalConfig(Section):
 
     benchmarks: list[str] = Field(default_factory=lambda: ["demo"])
     judge: str = "refusal"
-
-    @field_validator("benchmarks")
-    @classmethod
-    def _known_benchmarks(cls, value: list[str]) -> list[str]:
-        """An unknown name or a bad ``@N`` fails with the config, before Ray starts."""
-        from rayalign.eval.benchmarks import parse_spec, spec_limit
-
-        for spec in value:
-            try:
-                parse_spec(spec)
-                spec_limit(spec)
-            except UserError as exc:
-                raise ValueError(str(exc)) from None
-        return value
     max_new_tokens: int = Field(64, gt=0)
     temperature: float = Field(0.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -353,6 +339,20 @@ class EvalConfig(Section):
     # Red-teaming (BFPO §4.3): sampled responses per prompt and their temperature.
     redteam_samples: int = Field(2, ge=2)
     redteam_temperature: float = Field(1.0, gt=0.0)
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _known_benchmarks(cls, value: list[str]) -> list[str]:
+        """An unknown name or a bad ``@N`` fails with the config, before Ray starts."""
+        from rayalign.eval.benchmarks import parse_spec, spec_limit
+
+        for spec in value:
+            try:
+                parse_spec(spec)
+                spec_limit(spec)
+            except UserError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
 
 class SweepConfig(Section):

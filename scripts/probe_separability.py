@@ -133,7 +133,8 @@ def main() -> None:
     labels = {name: np.array([r["kind"] == "harmful" for r in rows], dtype=int)
               for name, rows in sets.items()}
 
-    # Layer and C: the demo probe's AUROC on the validation prompts (never on a benchmark).
+    # Hidden state (0 = embeddings, k = decoder layer k-1's output) and C: the demo probe's
+    # AUROC on the validation prompts (never on a benchmark).
     choice = []
     for layer in range(feats["train"].shape[1]):
         for c in C_GRID:
@@ -159,7 +160,7 @@ def main() -> None:
     unsafe_needed = UNTOUCHED_UNSAFE_REFUSED + TARGET_UNSAFE
     result = {
         "model": MODEL,
-        "layer": layer, "C": c, "validation_auroc": round(val_auc, 4),
+        "hidden_state": layer, "C": c, "validation_auroc": round(val_auc, 4),
         "train_prompts": len(sets["train"]),
         "auroc": {name: round(float(roc_auc_score(labels[name], score[name])), 4)
                   for name in ("validation", "demo_heldout", "xstest")},
@@ -168,7 +169,7 @@ def main() -> None:
         "demo_probe_xstest_unsafe_flagged_at_budget": round(tpr_at_fpr(y_x, s_x, safe_budget), 4),
         "xstest_cv_probe_auroc": round(float(roc_auc_score(y_x, cv)), 4),
         "xstest_cv_probe_unsafe_flagged_at_budget": round(tpr_at_fpr(y_x, cv, safe_budget), 4),
-        "validation_auroc_by_layer": {k: round(v, 4) for k, v in sorted(by_layer.items())},
+        "validation_auroc_by_hidden_state": {k: round(v, 4) for k, v in sorted(by_layer.items())},
     }
     # A threshold chosen without XSTest: flag at most 5% of the benign validation prompts,
     # as the demo's settings keep validation compliance at 0.95.
@@ -231,7 +232,7 @@ def plot(result: dict) -> None:
     ax.set_ylim(-0.1, 0.95)
     ax.set_xlabel("XSTest safe prompts answered (change)")
     ax.set_ylabel("XSTest unsafe prompts refused (change)")
-    ax.set_title(f"Linear probe on the untouched model (hidden state {result['layer']}) vs trained runs")
+    ax.set_title(f"Linear probe on the untouched model (hidden state {result['hidden_state']}) vs trained runs")
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     fig.savefig(OUT_PNG, dpi=120)

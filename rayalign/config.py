@@ -33,10 +33,25 @@ LossName = str
 TorchThreads = Annotated[int | None, Field(gt=0)]
 
 
+def _without_none(annotation: Any) -> list[Any]:
+    """The types of an annotation, ``Annotated`` metadata and ``None`` removed."""
+    if typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [t for a in typing.get_args(annotation) for t in _without_none(a)]
+    return [] if annotation is type(None) else [annotation]
+
+
 def _numeric(annotation: Any) -> bool:
     """True for ``int``, ``float`` and their optional forms (``int | None``)."""
-    args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
-    return any(a in (int, float) for a in args) and all(a in (int, float, type(None)) for a in args)
+    kinds = _without_none(annotation)
+    return bool(kinds) and all(k in (int, float) for k in kinds)
+
+
+def _numeric_list(annotation: Any) -> bool:
+    """True for ``list[int]``, ``list[float]`` and their optional forms."""
+    kinds = _without_none(annotation)
+    return len(kinds) == 1 and typing.get_origin(kinds[0]) is list and _numeric(typing.get_args(kinds[0])[0])
 
 
 class Section(BaseModel):
@@ -48,8 +63,11 @@ class Section(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_boolean_numbers(cls, value: Any, info: Any) -> Any:
-        if isinstance(value, bool) and _numeric(cls.model_fields[info.field_name].annotation):
-            raise ValueError(f"expected a number, not the boolean {str(value).lower()} "
+        annotation = cls.model_fields[info.field_name].annotation
+        flag = next((v for v in (value if isinstance(value, list) and _numeric_list(annotation) else
+                                 [value] if _numeric(annotation) else []) if isinstance(v, bool)), None)
+        if flag is not None:
+            raise ValueError(f"expected a number, not the boolean {str(flag).lower()} "
                              "(YAML reads yes/no/on/off as booleans)")
         return value
 
@@ -67,6 +85,17 @@ class LoraConfig(Section):
     # earlier layers already built, and autograd has nothing to train below the first of them.
     layers_to_transform: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1)
     merge_on_export: bool = False
+
+    def adapted_layers(self, num_layers: int) -> list[int]:
+        """The decoder layers that get adapters, of a model with ``num_layers``; UserError
+        naming the first index the model does not have."""
+        if self.layers_to_transform is None:
+            return list(range(num_layers))
+        missing = [i for i in self.layers_to_transform if i >= num_layers]
+        if missing:
+            raise UserError(f"model.lora.layers_to_transform: layer {missing[0]} does not exist; "
+                            f"this model's decoder layers are 0..{num_layers - 1}")
+        return sorted(set(self.layers_to_transform))
 
 
 class ModelConfig(Section):
@@ -285,7 +314,7 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     """Generation and judging settings for safety evaluation."""
 
-    benchmarks: list[str] = Field(default_factory=lambda: ["demo"])
+    benchmarks: list[str] = Field(default_factory=lambda: ["demo"], min_length=1)
     judge: str = "refusal"
     max_new_tokens: int = Field(64, gt=0)
     temperature: float = Field(0.0, ge=0.0)
@@ -511,6 +540,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return config_from_mapping(raw, overrides, source=source)
 
 
+def error_message(err: dict[str, Any]) -> str:
+    """A pydantic error's message, without the "Value error, " our own validators get."""
+    return str(err["msg"]).removeprefix("Value error, ")
+
+
 def config_from_mapping(
     raw: dict[str, Any], overrides: list[str] | None = None, *, source: str = "config"
 ) -> Config:
@@ -520,7 +554,7 @@ def config_from_mapping(
         return Config.model_validate(raw)
     except ValidationError as exc:
         problems = "\n".join(
-            f"  {'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            f"  {'.'.join(str(p) for p in err['loc']) or '<root>'}: {error_message(err)}"
             for err in exc.errors()
         )
         raise ConfigError(f"{source}: invalid config\n{problems}") from exc

@@ -83,6 +83,11 @@ def test_one_cache_root_governs_models_and_prepared_data(tmp_path, monkeypatch, 
     [
         (["--limit", "0"], "--limit 0: eval.limit: Input should be greater than 0"),
         (["--model", "/nope/model", "--benchmarks", "xstest"], "/nope/model: no such model folder"),
+        # found by a later new user: "" evaluated the default benchmark, a typo only after Ray started
+        (["--benchmarks", ""], "--benchmarks []: eval.benchmarks: List should have at least 1 item after validation, not 0"),
+        (["--benchmarks", "demo,xtest"], "--benchmarks ['demo', 'xtest']: eval.benchmarks: unknown benchmark 'xtest'; "
+         "choose from advbench, harmbench, xstest, beavertails, alert, alert_adversarial, realtoxicity, custom, demo, "
+         "demo_validation (optionally NAME:PATH, and @N for a seeded subset of N prompts)"),
     ],
 )
 def test_eval_flag_and_model_errors_are_one_line_before_ray_starts(argv, message, capsys, tmp_path):

@@ -38,7 +38,10 @@ def test_yaml_and_overrides(tmp_path):
         (["train.epochs=yes"], "train.epochs: .*not the boolean true"),
         (["loss.beta=true"], "loss.beta: .*not the boolean true"),
         (["train.torch_threads=no"], "train.torch_threads: .*not the boolean false"),
-        (["eval.benchmarks=[xtest]"], "eval.benchmarks: .*unknown benchmark 'xtest'"),
+        (["eval.benchmarks=[xtest]"], "eval.benchmarks: unknown benchmark 'xtest'"),  # no "Value error, "
+        (["eval.benchmarks=['xstest@-1']"], r"'xstest@-1': the subset size after '@' must be a whole number"),
+        (["eval.benchmarks=[]"], "eval.benchmarks: List should have at least 1 item"),
+        (["model.lora={layers_to_transform: [3, true]}"], "layers_to_transform: .*not the boolean true"),
     ],
 )
 def test_bad_values_name_the_field(overrides, message):

@@ -162,8 +162,14 @@ def test_validate_cli_prints_one_json_object(bad_file, tmp_path, capsys):
     assert main(["data", "validate", str(broken), "--rejects", str(rejects)]) == 1
     captured = capsys.readouterr()
     assert json.loads(captured.out)["valid"] == 0
-    assert captured.err.strip() == (f"rayalign data validate: no valid rows: all 9 rows were rejected; "
-                                    f"the rejected rows are in {rejects}")
+    assert captured.err.strip() == f"rayalign data validate: no valid rows (9 rejected); the rejected rows are in {rejects}"
+    # a file with a header and no rows: nothing to train on either
+    header_only = tmp_path / "header-only.csv"
+    header_only.write_text("prompt,chosen,rejected,chosen_safe,rejected_safe\n")
+    assert main(["data", "validate", str(header_only), "--rejects", str(rejects)]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["rows"] == 0
+    assert captured.err.strip() == "rayalign data validate: no rows: the input holds no records"
 
 
 def test_hub_id_offline_fails_fast_with_a_plain_message(tmp_path):

@@ -82,6 +82,9 @@ def test_lora_counts_adapter_matrices() -> None:
     assert trainable_parameters(MISTRAL, model) == 32 * (8 * 8192 + 8 * 5120)
     later = model.model_copy(update={"lora": model.lora.model_copy(update={"layers_to_transform": [24, 31, 31]})})
     assert trainable_parameters(MISTRAL, later) == 2 * (8 * 8192 + 8 * 5120)
+    missing = model.model_copy(update={"lora": model.lora.model_copy(update={"layers_to_transform": [31, 32]})})
+    with pytest.raises(UserError, match=r"layer 32 does not exist; this model's decoder layers are 0\.\.31"):
+        trainable_parameters(MISTRAL, missing)
 
 
 def test_zero_stages_shard_what_the_paper_says(tmp_path: Path) -> None:

@@ -25,8 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Prints {rows, valid, rejected, reasons, duplicates, format, rejects_file} as "
         "one JSON object and writes every rejected row (file, row, field, reason, original "
         "values) to a Parquet file. Exit status: 0 when some rows are valid (rejected rows are "
-        "quarantined, not fatal), 1 when no row is valid (or, with --strict, when any row "
-        "is rejected), 2 when the input cannot be read.",
+        "quarantined, not fatal), 1 when no row is valid or there are none (or, with --strict, "
+        "when any row is rejected), 2 when the input cannot be read.",
         epilog="reasons: " + "; ".join(f"{k}: {v}" for k, v in REASONS.items()),
     )
     validate.add_argument(
@@ -104,8 +104,11 @@ def _validate_status(summary: dict, *, strict: bool) -> int:
     """``data validate``'s exit status, with a one-line reason on stderr when it is 1."""
     rows, valid, rejected = summary["rows"], summary["valid"], summary["rejected"]
     where = f"; the rejected rows are in {summary['rejects_file']}" if summary.get("rejects_file") else ""
-    if rows and not valid:
-        print(f"rayalign data validate: no valid rows: all {rows} rows were rejected{where}", file=sys.stderr)
+    if not rows:
+        print("rayalign data validate: no rows: the input holds no records", file=sys.stderr)
+        return 1
+    if not valid:
+        print(f"rayalign data validate: no valid rows ({rows} rejected){where}", file=sys.stderr)
         return 1
     if strict and rejected:
         print(f"rayalign data validate: {rejected} of {rows} rows rejected (--strict){where}", file=sys.stderr)

@@ -77,11 +77,11 @@ def _eval_config(args: argparse.Namespace):
     for name in ("limit", "data_dir", "endpoint", "backend", "max_new_tokens", "temperature", "concurrency",
                  "ranker", "ranker_url", "output_dir"):
         updates[name] = getattr(args, name, None)
-    if getattr(args, "benchmarks", None):
+    if getattr(args, "benchmarks", None) is not None:  # "" names no benchmark: refused below
         updates["benchmarks"] = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
     from pydantic import ValidationError
 
-    from rayalign.config import ConfigError
+    from rayalign.config import ConfigError, error_message
 
     for key, value in updates.items():
         if value is not None:
@@ -89,7 +89,7 @@ def _eval_config(args: argparse.Namespace):
                 setattr(cfg.eval, key, value)
             except ValidationError as exc:  # e.g. --limit 0: the config file's short message
                 flag = "--" + key.replace("_", "-")
-                msg = exc.errors()[0]["msg"]
+                msg = error_message(exc.errors()[0])
                 raise ConfigError(f"{flag} {value!r}: eval.{key}: {msg}") from None
     return cfg
 

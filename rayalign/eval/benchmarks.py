@@ -301,6 +301,8 @@ _SPEC_LIMIT = re.compile(r"@(\d+)\s*$")
 def parse_spec(spec: str) -> tuple[str, str | None]:
     """``"xstest"`` -> (xstest, None); ``"custom:/p/x.jsonl@50"`` -> (custom, /p/x.jsonl)."""
     name, sep, path = _SPEC_LIMIT.sub("", spec.strip()).partition(":")
+    if "@" in (path if sep else name):
+        raise UserError(f"benchmark {spec.strip()!r}: the subset size after '@' must be a whole number ≥ 1")
     name = name.strip().lower().replace("-", "_")
     if name not in LOADERS:
         raise UserError(f"unknown benchmark {name!r}; choose from {', '.join(LOADERS)} "

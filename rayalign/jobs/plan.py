@@ -61,9 +61,7 @@ def lora_parameters(dims: ModelDims, lora: LoraConfig) -> int:
     for module, (fan_in, fan_out) in dims.linear_shapes().items():
         if any(module.split(".")[-1] == target for target in lora.target_modules):
             total += lora.r * (fan_in + fan_out)
-    layers = lora.layers_to_transform
-    adapted = dims.num_layers if layers is None else len({i for i in layers if i < dims.num_layers})
-    return total * adapted
+    return total * len(lora.adapted_layers(dims.num_layers))
 
 
 def trainable_parameters(dims: ModelDims, model: ModelConfig) -> int:

@@ -372,19 +372,15 @@ def apply_lora(model: PreTrainedModel, cfg) -> PreTrainedModel:
             f"model.lora.target_modules: {unknown} match no module of this model "
             f"(linear layers include e.g. {sorted(n for n in names if n.endswith('proj'))[:8]})"
         )
-    layers = cfg.layers_to_transform
-    num_layers = getattr(model.config, "num_hidden_layers", None)
-    if layers is not None and num_layers is not None and max(layers) >= num_layers:
-        raise UserError(
-            f"model.lora.layers_to_transform: layer {max(layers)} does not exist; "
-            f"this model's decoder layers are 0..{num_layers - 1}"
-        )
+    layers, num_layers = cfg.layers_to_transform, getattr(model.config, "num_hidden_layers", None)
+    if layers is not None and num_layers:
+        layers = cfg.adapted_layers(num_layers)  # UserError naming a layer the model lacks
     peft_cfg = PeftLoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         target_modules=list(cfg.target_modules),
-        layers_to_transform=sorted(set(layers)) if layers is not None else None,
+        layers_to_transform=layers,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, peft_cfg)

@@ -64,8 +64,13 @@ class Section(BaseModel):
     @classmethod
     def _no_boolean_numbers(cls, value: Any, info: Any) -> Any:
         annotation = cls.model_fields[info.field_name].annotation
-        flag = next((v for v in (value if isinstance(value, list) and _numeric_list(annotation) else
-                                 [value] if _numeric(annotation) else []) if isinstance(v, bool)), None)
+        if isinstance(value, list) and _numeric_list(annotation):
+            numbers = value
+        elif _numeric(annotation):
+            numbers = [value]
+        else:
+            return value
+        flag = next((v for v in numbers if isinstance(v, bool)), None)
         if flag is not None:
             raise ValueError(f"expected a number, not the boolean {str(flag).lower()} "
                              "(YAML reads yes/no/on/off as booleans)")

@@ -108,6 +108,26 @@ def test_non_boolean_labels_in_csv(tmp_path):
     assert (reject["row"], reject["field"]) == (1, "chosen_safe")
 
 
+def test_an_unclosed_quote_in_csv_is_an_error_naming_its_line_not_one_swallowed_row(tmp_path):
+    """Python's lenient csv reads an unclosed quote as one cell running to the end of the
+    file: three rows would become one rejected row and two silently lost ones."""
+    path = tmp_path / "pairs.csv"
+    path.write_text(
+        "prompt,chosen,rejected,chosen_safe,rejected_safe\n"
+        "Hi,Hello,Go away,true,true\n"
+        '"How do I bake bread?,Mix flour,No,true,true\n'
+        "What is 2+2?,4,No,true,true\n"
+    )
+    with pytest.raises(UserError, match=r"pairs\.csv: the record starting on line 3: a quoted field opened there is never closed"):
+        validate_source(DataSource(path=str(path)), tmp_path / "r.parquet")
+    path.write_text('prompt,chosen,rejected,chosen_safe,rejected_safe\nHi,"Hello" there,No,true,true\n')
+    with pytest.raises(UserError, match=r"line 2: malformed quoting"):
+        validate_source(DataSource(path=str(path)), tmp_path / "r.parquet")
+    # quotes inside an unquoted cell and quoted cells over several lines stay valid
+    path.write_text('prompt,chosen,rejected,chosen_safe,rejected_safe\nSay "hi",Hello,No,true,true\n"Two\nlines",a,b,true,true\n')
+    assert validate_source(DataSource(path=str(path)), tmp_path / "r.parquet")["valid"] == 2
+
+
 def test_where_keeps_matching_rows_and_their_original_row_numbers(tmp_path):
     path = tmp_path / "pairs.csv"
     path.write_text(

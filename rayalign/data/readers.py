@@ -328,13 +328,33 @@ def _read_json_array(data: bytes, shown: str, batch_size: int) -> Iterator[Batch
 
 
 def _read_csv(data: bytes, shown: str, batch_size: int, delimiter: str) -> Iterator[Batch]:
-    reader = csv.DictReader(io.StringIO(_decode(data), newline=""), delimiter=delimiter)
-    if reader.fieldnames is None:
-        raise UserError(f"{shown}: empty CSV file (no header row)")
+    """Records of a CSV/TSV file, read strictly: a broken quote is an error naming its line.
+
+    Python's lenient default reads an unclosed quote as one cell running to the end of
+    the file, so every later row would vanish into a single rejected record.
+    """
+    reader = csv.DictReader(io.StringIO(_decode(data), newline=""), delimiter=delimiter, strict=True)
     records: list[dict[str, Any] | None] = []
-    for record in reader:
-        record.pop(None, None)  # extra cells beyond the header
-        records.append(record)
+    line = 1  # where the record being read starts (1 = the header)
+    try:
+        if reader.fieldnames is None:
+            raise UserError(f"{shown}: empty CSV file (no header row)")
+        line = reader.line_num + 1
+        for record in reader:
+            record.pop(None, None)  # extra cells beyond the header
+            records.append(record)
+            line = reader.line_num + 1
+    except csv.Error as exc:
+        where = "the header (line 1)" if line == 1 else f"the record starting on line {line}"
+        if "unexpected end of data" in str(exc):
+            problem = ("a quoted field opened there is never closed, so the rest of the file "
+                       "would be one cell")
+        else:
+            problem = f"malformed quoting ({exc})"
+        raise UserError(
+            f"{shown}: {where}: {problem}; close the quote, or write a quote inside a quoted "
+            'field as two ("")'
+        ) from exc
     yield from _chunks(records, list(range(len(records))), [None] * len(records), shown, batch_size)
 
 

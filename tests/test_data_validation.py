@@ -190,6 +190,12 @@ def test_validate_cli_prints_one_json_object(bad_file, tmp_path, capsys):
     captured = capsys.readouterr()
     assert json.loads(captured.out)["rows"] == 0
     assert captured.err.strip() == "rayalign data validate: no rows: the input holds no records"
+    # an empty file under a named format without safety labels: its emptiness is the
+    # problem, not the labels it cannot have
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text("")
+    assert main(["data", "validate", str(blank), "--format", "trl", "--rejects", str(rejects)]) == 1
+    assert capsys.readouterr().err.strip() == "rayalign data validate: no rows: the input holds no records"
 
 
 def test_hub_id_offline_fails_fast_with_a_plain_message(tmp_path):

@@ -451,7 +451,8 @@ def resolve_format(
             raise UserError(f"{where}: {exc}") from None
     if name not in FORMATS:
         raise UserError(f"{where}: unknown format {name!r}; known formats: {known_formats()}")
-    if name in ("trl", "canonical") and not options.all_safe and _safety_columns(names) is None:
+    # No columns at all (an empty file): nothing to check; reading it reports "no rows".
+    if names and name in ("trl", "canonical") and not options.all_safe and _safety_columns(names) is None:
         raise UserError(
             f"{where}: format {name} has no safety labels (columns chosen_safe/rejected_safe "
             "or is_chosen_safe/is_rejected_safe); set all_safe: true (CLI: --all-safe) to "

@@ -234,6 +234,15 @@ class LossConfig(Section):
             raise ValueError(f"average_logps: {self.name} already normalises by response length")
         return self
 
+    def ignored_hyperparameters(self) -> list[str]:
+        """Hyperparameters set explicitly (config file or ``--set``) that ``name`` does not
+        read, e.g. ``alpha`` under safedpo: a note for ``rayalign train``/``plan``, not an
+        error, so one file can serve several losses through ``--set loss.name=...``."""
+        return sorted(
+            n for n in self.model_fields_set & HYPERPARAMETERS.keys()
+            if n not in self.spec.hyperparameters
+        )
+
     def hyperparameters(self) -> dict[str, float]:
         """Every registry hyperparameter's value, for ``preference_loss(..., **values)``."""
         return {name: getattr(self, name) for name in HYPERPARAMETERS}

@@ -199,6 +199,18 @@ def test_plan_warns_when_it_does_not_fit(tmp_path: Path) -> None:
     assert any("exceeds" in w for w in plan.warnings)
 
 
+def test_loss_hyperparameters_the_loss_does_not_read_are_a_note(tmp_path: Path) -> None:
+    """loss.alpha under safedpo would be silently ignored; defaults never count as set."""
+    text = "model: {name_or_path: x}\nloss: {name: safedpo, alpha: 0.3}\n"
+    cfg = cfg_with(tmp_path, text, ["loss.b1=4", "loss.delta=2"])
+    assert cfg.loss.ignored_hyperparameters() == ["alpha", "b1"]
+    plan = build_plan(cfg, "train", MISTRAL, rows=(1000, "given"))
+    assert "loss.alpha, loss.b1 set, but the safedpo loss does not read them (it reads beta, delta)" in plan.warnings
+    bfpo = cfg_with(tmp_path, "model: {name_or_path: x}\nloss: {name: bfpo, alpha: 0.3, b1: 4}\n")
+    assert bfpo.loss.ignored_hyperparameters() == []
+    assert cfg_with(tmp_path, "model: {name_or_path: x}\n").loss.ignored_hyperparameters() == []
+
+
 def test_command_is_explicit_or_inferred_from_sections(tmp_path: Path) -> None:
     assert job_command(cfg_with(tmp_path, "train: {epochs: 1}\n")) == "train"
     assert job_command(cfg_with(tmp_path, "sweep: {num_samples: 2}\n")) == "sweep"

@@ -37,6 +37,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         names = ", ".join(s.train.name for s in stages)
         print(f"[rayalign] config {args.config} is valid; {len(stages)} stages: {names}")
+    from rayalign.jobs.plan import ignored_note
+
+    for stage in stages:
+        if stage.loss.ignored_hyperparameters():
+            print(f"[rayalign] note: {ignored_note(stage)}")
     log_to(output_dir_for(stages[0]))
     need = largest([
         n for s in stages

@@ -338,6 +338,9 @@ def check_plan(cfg: Config, plan: Plan) -> list[str]:
                     f"{field_name} {value!r} is relative: a submitted job resolves it inside its "
                     "temporary working_dir copy on the head; use shared storage for cluster runs"
                 )
+    ignored = cfg.loss.ignored_hyperparameters()
+    if ignored:
+        notes.append(ignored_note(cfg))
     if cfg.data.helpfulness_sources and not cfg.loss.spec.uses_helpfulness_stream:
         users = ", ".join(n for n, spec in LOSSES.items() if spec.uses_helpfulness_stream)
         notes.append(f"data.helpfulness_sources is only used by the {users} loss (buffered mode)")
@@ -348,6 +351,14 @@ def check_plan(cfg: Config, plan: Plan) -> list[str]:
         if unknown:
             notes.append(f"sweep.space keys that are not config fields: {', '.join(unknown)}")
     return notes
+
+
+def ignored_note(cfg: Config) -> str:
+    """One line naming the loss hyperparameters set for nothing (``LossConfig.ignored_hyperparameters``)."""
+    ignored = ", ".join(f"loss.{n}" for n in cfg.loss.ignored_hyperparameters())
+    reads = ", ".join(cfg.loss.spec.hyperparameters)
+    them = "them" if "," in ignored else "it"
+    return f"{ignored} set, but the {cfg.loss.name} loss does not read {them} (it reads {reads})"
 
 
 def _is_config_path(cfg: Config, dotted: str) -> bool:

@@ -187,3 +187,17 @@ def test_a_data_dir_that_does_not_exist_is_warned_about(tmp_path, caplog):
         rows = load_benchmark("xstest", data_dir=missing, limit=3, seed=0)
     assert len(rows) == 3
     assert f"data dir {missing} does not exist" in caplog.text
+
+
+def test_eval_command_fails_on_a_missing_benchmark_file_before_starting_ray(tmp_path, monkeypatch, capsys):
+    """The prompts are loaded before Ray and Serve start (3-7 s on this machine)."""
+    import rayalign.ray_session as ray_session
+    from rayalign.cli import main
+
+    def no_ray(**_):
+        raise AssertionError("Ray started before the benchmark files were read")
+
+    monkeypatch.setattr(ray_session, "init_ray", no_ray)
+    missing = tmp_path / "nope.jsonl"
+    assert main(["eval", "--model", str(tmp_path), "--benchmarks", f"custom:{missing}"]) == 2
+    assert f"benchmark 'custom': file not found: {missing}" in capsys.readouterr().err

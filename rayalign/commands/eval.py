@@ -98,7 +98,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rayalign.errors import UserError
-    from rayalign.eval.runner import run_eval
+    from rayalign.eval.runner import load_prompts, run_eval
     from rayalign.ray_session import eval_need, init_ray
     from rayalign.serve.server import serve_running
 
@@ -107,6 +107,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     if cfg.eval.endpoint and len(models) > 1:
         raise UserError("--endpoint serves one model; give a single --model")
     baseline = cfg.model.model_copy(update={"name_or_path": args.baseline}) if args.baseline else None
+    records = load_prompts(cfg.eval)  # a missing or broken benchmark file fails before Ray starts
     if not cfg.eval.endpoint:
         from rayalign.modeling.models import resolve_model_path
 
@@ -121,7 +122,8 @@ def run_eval_command(args: argparse.Namespace) -> int:
     cfg.save(out / "config.yaml")
     started_here = not serve_running()
     try:
-        results = run_eval(models, cfg.eval, out, baseline=baseline, tracking=cfg.train.tracking)
+        results = run_eval(models, cfg.eval, out, baseline=baseline, tracking=cfg.train.tracking,
+                           records=records)
     finally:
         if started_here:
             from ray import serve

@@ -190,16 +190,18 @@ def _label(model_cfg: ModelConfig, taken: set[str]) -> str:
 def run_eval(
     models: list[ModelConfig], eval_cfg: EvalConfig, output_dir: str | Path, *,
     baseline: ModelConfig | None = None, labels: list[str] | None = None,
-    tracking: TrackingConfig | None = None,
+    tracking: TrackingConfig | None = None, records: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate models (and a baseline) on the configured benchmarks; write the report.
 
+    ``records``: the prompts, when the caller loaded them (:func:`load_prompts`) to fail on
+    a missing benchmark file before starting Ray; else they are loaded here.
     With ``tracking`` (a config's ``train.tracking``) the metrics of every model and the
     report files are logged as one MLflow / W&B run (``results["tracking_run"]``)."""
     from rayalign.serve.server import ensure_ray
 
     output_dir = Path(output_dir).expanduser()
-    records = load_prompts(eval_cfg)
+    records = load_prompts(eval_cfg) if records is None else records
     ensure_ray()
     taken: set[str] = set()
     named = list(zip(labels or [_label(m, taken) for m in models], models, strict=True))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from typing import TYPE_CHECKING
 from rayalign.config import ModelConfig
 from rayalign.errors import UserError
 from rayalign.modeling.hub import require_hub
+
+logger = logging.getLogger("rayalign.models")
 
 if TYPE_CHECKING:
     import torch
@@ -75,6 +78,8 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
             raise UserError("converting the built-in model needs the gguf package: pip install gguf")
         tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
+        logger.info(f"converting the built-in model {gguf_path.name} to safetensors in {target} "
+                    "(once; 15-30 s on 2 CPU cores)")
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         # The tensors are already de-quantised to fp32; only the GGUF marker blocks saving.

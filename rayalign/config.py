@@ -569,9 +569,21 @@ def config_from_mapping(
     except ValidationError as exc:
         problems = "\n".join(
             f"  {'.'.join(str(p) for p in err['loc']) or '<root>'}: {error_message(err)}"
+            f"{_override_of(err['loc'], overrides or [])}"
             for err in exc.errors()
         )
         raise ConfigError(f"{source}: invalid config\n{problems}") from exc
+
+
+def _override_of(loc: tuple[Any, ...], overrides: list[str]) -> str:
+    """`` (from --set KEY=VALUE)`` when the last override of the error's field (or of a
+    section holding it) set it, so the file is not blamed for a command-line value."""
+    dotted = ".".join(str(p) for p in loc)
+    for text in reversed(overrides):
+        key = text.partition("=")[0].strip()
+        if dotted == key or dotted.startswith(key + "."):
+            return f" (from --set {text})"
+    return ""
 
 
 def _changed(old: Any, new: Any, prefix: str = "") -> list[str]:

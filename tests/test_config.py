@@ -104,6 +104,18 @@ def test_a_list_item_override_says_how_to_set_the_list_whole():
     assert raw["data"]["sources"] == [{"path": "b.jsonl", "fraction": 0.5}]
 
 
+def test_an_invalid_value_from_set_is_attributed_to_the_override_not_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {batch_size: 0}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["train.learning_rate=-1", "data.sources=[{pth: x}]", "loss.beta=0.2"])
+    lines = str(info.value).splitlines()
+    assert lines[0] == f"{path}: invalid config"
+    assert "  train.batch_size: Input should be greater than 0" in lines  # the file's own
+    assert any(line.startswith("  train.learning_rate:") and line.endswith("(from --set train.learning_rate=-1)") for line in lines)
+    assert any(line.startswith("  data.sources.0.pth:") and line.endswith("(from --set data.sources=[{pth: x}])") for line in lines)
+
+
 def test_bfpo_b1_below_one_is_refused():
     """Found by a new user: ``loss.b1=0.5`` was accepted, making b3 = 1/(b1 - 1) negative,
     which ranks an unsafe-over-safe pair above a safe-over-unsafe one."""

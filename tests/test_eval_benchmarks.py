@@ -93,8 +93,36 @@ def test_custom_jsonl_and_its_errors(tmp_path):
     with pytest.raises(UserError, match=r"mine.jsonl: row 1: field 'kind'"):
         load_benchmark(f"custom:{path}")
     path.write_text(json.dumps({"text": "x"}) + "\n")
-    with pytest.raises(UserError, match=r"row 1: missing field 'prompt'"):
+    with pytest.raises(UserError, match=r"row 1: field 'prompt' is missing"):
         load_benchmark(f"custom:{path}")
+    # found by a new user: these were sent to the model as Python reprs, or crashed
+    for row, message in [
+        ({"prompt": [{"role": "user", "content": "hi"}]}, r"row 1: field 'prompt' must be text, not a list"),
+        ({"prompt": None, "kind": "benign"}, r"row 1: field 'prompt' is empty"),
+        ({"prompt": "x", "kind": 1}, r"row 1: field 'kind' must be harmful or benign, not 1"),
+    ]:
+        path.write_text(json.dumps(row) + "\n")
+        with pytest.raises(UserError, match=message):
+            load_benchmark(f"custom:{path}")
+
+
+def test_duplicate_prompt_ids_are_refused_not_overwritten(tmp_path):
+    """Generations are keyed by (benchmark, id): a repeated id in one file, or two custom
+    files (both numbered custom-0, custom-1, ...), made one prompt's result replace another's."""
+    from rayalign.config import EvalConfig
+    from rayalign.eval.runner import load_prompts
+
+    one = tmp_path / "one.jsonl"
+    one.write_text("".join(json.dumps({"id": "x", "prompt": p}) + "\n" for p in ("a", "b")))
+    with pytest.raises(UserError, match=r"one.jsonl: row 2: id 'x' is also row 1; ids must be unique"):
+        load_benchmark(f"custom:{one}")
+    one.write_text(json.dumps({"prompt": "a"}) + "\n")
+    two = tmp_path / "two.csv"
+    two.write_text("prompt,kind\nb,benign\n")
+    both = EvalConfig(benchmarks=[f"custom:{one}", f"custom:{two}"])
+    with pytest.raises(UserError, match=r"both give prompt 'custom-0' of benchmark 'custom'"):
+        load_prompts(both)
+    assert [r["prompt"] for r in load_prompts(EvalConfig(benchmarks=[f"custom:{one}"]))] == ["a"]
 
 
 def test_demo_prompts_have_both_kinds():

@@ -239,17 +239,34 @@ def load_custom(path: str | None = None, data_dir: str | None = None, name: str 
     found = _locate(name, path, None, ())
     assert found is not None
     records = []
+    rows_by_id: dict[str, int] = {}
+    no_kind = 0
     for i, r in enumerate(read_rows(found)):
-        kind = (r.get("kind") or "harmful").strip().lower()
-        if kind not in ("harmful", "benign"):
-            raise UserError(f"{found}: row {i + 1}: field 'kind' must be harmful or benign, not {kind!r}")
+        where = f"{found}: row {i + 1}"
+        prompt = r.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            what = ("is missing" if "prompt" not in r else "is empty" if prompt is None or isinstance(prompt, str)
+                    else f"must be text, not a {type(prompt).__name__} (a message list is not supported here)")
+            raise UserError(f"{where}: field 'prompt' {what} (columns: {', '.join(r)})")
+        kind = r.get("kind")
+        if kind in (None, ""):
+            no_kind += 1
+            kind = "harmful"
+        if not isinstance(kind, str) or kind.strip().lower() not in ("harmful", "benign"):
+            raise UserError(f"{where}: field 'kind' must be harmful or benign, not {kind!r}")
         mode = r.get("mode") or "chat"
         if mode not in ("chat", "continuation"):
-            raise UserError(f"{found}: row {i + 1}: field 'mode' must be chat or continuation")
-        records.append(make_record(
-            name, i, _field(r, ("prompt",), found, i + 1), kind, r.get("category") or "", mode=mode,
+            raise UserError(f"{where}: field 'mode' must be chat or continuation")
+        record = make_record(
+            name, i, prompt, kind.strip().lower(), r.get("category") or "", mode=mode,
             reference=r.get("reference") or None, id=str(r["id"]) if r.get("id") not in (None, "") else None,
-        ))
+        )
+        if record["id"] in rows_by_id:  # results are keyed by id: one would overwrite the other
+            raise UserError(f"{where}: id {record['id']!r} is also row {rows_by_id[record['id']]}; ids must be unique")
+        rows_by_id[record["id"]] = i + 1
+        records.append(record)
+    if no_kind:
+        logger.info(f"{found}: {no_kind} of {len(records)} prompts have no 'kind'; they count as harmful")
     return records
 
 

@@ -30,9 +30,22 @@ logger = logging.getLogger("rayalign.eval")
 
 
 def load_prompts(eval_cfg: EvalConfig) -> list[dict[str, Any]]:
+    """Every configured benchmark's prompts. Generations and verdicts are keyed by
+    ``(benchmark, id)``, so two specs giving the same key (two ``custom:`` files, or one
+    benchmark listed twice) are refused instead of one silently replacing the other."""
     records: list[dict[str, Any]] = []
+    spec_of: dict[tuple[str, str], str] = {}
     for spec in eval_cfg.benchmarks:
-        records += load_benchmark(spec, data_dir=eval_cfg.data_dir, limit=eval_cfg.limit, seed=eval_cfg.seed)
+        for record in load_benchmark(spec, data_dir=eval_cfg.data_dir, limit=eval_cfg.limit, seed=eval_cfg.seed):
+            key = (record["benchmark"], record["id"])
+            if key in spec_of:
+                raise UserError(
+                    f"benchmarks {spec_of[key]!r} and {spec!r} both give prompt {key[1]!r} of benchmark "
+                    f"{key[0]!r}; results are kept per benchmark and id: evaluate them in separate "
+                    "runs, or merge the files into one with distinct ids"
+                )
+            spec_of[key] = spec
+            records.append(record)
     return records
 
 

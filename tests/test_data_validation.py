@@ -173,6 +173,9 @@ def test_validate_cli_prints_one_json_object(bad_file, tmp_path, capsys):
     assert pq.read_table(rejects).num_rows == 9
     assert main(["data", "validate", str(tmp_path / "missing.jsonl")]) == 2
     capsys.readouterr()
+    # an unquoted glob the shell expanded: one line saying to quote it
+    assert main(["data", "validate", str(bad_file), str(bad_file)]) == 2
+    assert "quote the glob so rayalign expands it" in capsys.readouterr().err
     # --strict: any rejected row fails the check (a data set gated in CI), with one line why
     assert main(["data", "validate", str(bad_file), "--rejects", str(rejects), "--strict"]) == 1
     assert json.loads(capsys.readouterr().out)["rejected"] == 9  # the summary is still printed

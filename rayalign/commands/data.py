@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="reasons: " + "; ".join(f"{k}: {v}" for k, v in REASONS.items()),
     )
     validate.add_argument(
-        "path", help="file, folder, glob, s3:// or gs:// URI, hf://org/name or builtin:demo"
+        "path", nargs="+",  # one; several only to explain an unquoted glob the shell expanded
+        help="file, folder, glob (quoted: 'data/*.jsonl'), s3:// or gs:// URI, hf://org/name or builtin:demo",
     )
     validate.add_argument(
         "--format", default="auto", help="adapter name (default: detect from the columns)"
@@ -76,9 +77,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_validate(args: argparse.Namespace) -> int:
     from rayalign.config import DataSource
     from rayalign.data.validate import validate_source
+    from rayalign.errors import UserError
 
+    if len(args.path) > 1:
+        raise UserError(
+            f"one source at a time, got {len(args.path)} paths ({args.path[0]}, {args.path[1]}, ...); "
+            "for several files quote the glob so rayalign expands it, not the shell: 'data/*.jsonl'"
+        )
     source = DataSource(
-        path=args.path,
+        path=args.path[0],
         format=args.format,
         split=args.split,
         revision=args.revision,

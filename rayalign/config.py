@@ -1,6 +1,7 @@
 """One typed config for every entry point (train, sweep, eval, demo, job specs).
 
-A YAML file is ``yaml.safe_load``-ed, overridden by ``--set a.b=value`` pairs,
+A YAML file is read by PyYAML's safe loader (a key repeated in one mapping is an error,
+not the last one silently winning), overridden by ``--set a.b=value`` pairs,
 and validated before any work starts: unknown keys and bad values fail with the
 full dotted path of the field. The resolved config is saved beside every run's
 outputs as its reproducible record.
@@ -533,6 +534,38 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping. PyYAML keeps the
+    last one silently, so ``train: {max_steps: 5}`` and a later ``train: {batch_size: 2}``
+    would drop ``max_steps`` without a word."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:  # before merge keys (<<: *anchor) are flattened in
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping (first on line {seen[key] + 1})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        except TypeError:  # an unhashable key: the constructor below reports it
+            continue
+    return loader.construct_mapping(node, deep=True)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML safely (:class:`_UniqueKeyLoader`); raises ``yaml.YAMLError``."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: safe
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read, override and validate a config; raises :class:`ConfigError` with field paths."""
     raw: dict[str, Any] = {}
@@ -546,7 +579,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except UnicodeDecodeError as exc:
             raise ConfigError(f"{source}: not UTF-8 text ({exc})") from exc
         try:
-            raw = yaml.safe_load(text) or {}
+            raw = load_yaml(text) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
         if not isinstance(raw, dict):

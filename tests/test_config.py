@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from rayalign.config import Config, ConfigError, load_config
@@ -114,6 +116,23 @@ def test_an_invalid_value_from_set_is_attributed_to_the_override_not_the_file(tm
     assert "  train.batch_size: Input should be greater than 0" in lines  # the file's own
     assert any(line.startswith("  train.learning_rate:") and line.endswith("(from --set train.learning_rate=-1)") for line in lines)
     assert any(line.startswith("  data.sources.0.pth:") and line.endswith("(from --set data.sources=[{pth: x}])") for line in lines)
+
+
+def test_a_key_repeated_in_one_mapping_is_an_error_not_silently_dropped(tmp_path):
+    """Found by a new user: a second ``train:`` section replaced the first (max_steps lost)."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {max_steps: 5}\nloss: {name: safedpo}\ntrain: {batch_size: 2}\n")
+    with pytest.raises(ConfigError, match=r"key 'train' appears twice in one mapping \(first on line 1\)"):
+        load_config(path)
+    path.write_text("train: {max_steps: 5, max_steps: 6}\n")
+    with pytest.raises(ConfigError, match=r"key 'max_steps' appears twice"):
+        load_config(path)
+    # YAML merge keys still override what they merge in
+    from rayalign.config import load_yaml
+
+    assert load_yaml("a: &b {x: 1, y: 0}\nc:\n  <<: *b\n  y: 2\n")["c"] == {"x": 1, "y": 2}
+    for job in sorted((Path(__file__).resolve().parents[1] / "jobs").glob("*.yaml")):
+        load_config(job)  # every shipped spec still loads
 
 
 def test_bfpo_b1_below_one_is_refused():

@@ -201,6 +201,23 @@ def test_validate_cli_prints_one_json_object(bad_file, tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "rayalign data validate: no rows: the input holds no records"
 
 
+def test_a_wrong_format_names_the_one_the_columns_look_like(shared_data, tmp_path, capsys):
+    """Found by a new user: --format pku_saferlhf on a safe/unsafe-pairs file rejected every
+    row as missing_field with no hint, and --format trl on a PKU file advised --all-safe
+    (which would mark its unsafe responses safe)."""
+    pku = shared_data / "pku_saferlhf"
+    rejects = tmp_path / "r.parquet"
+    assert main(["data", "validate", str(pku / "pku_seferlhf_realign_dpo_5k.json"),
+                 "--format", "pku_saferlhf", "--rejects", str(rejects)]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["hint"].endswith("try --format safe_unsafe_pairs")
+    assert captured.err.strip().endswith("(what format auto picks): try --format safe_unsafe_pairs")
+    assert main(["data", "validate", str(pku / "pku_saferlhf_alpaca7b_test_sample.jsonl"), "--format", "trl"]) == 2
+    err = capsys.readouterr().err
+    assert "format trl has no safety labels, but the columns look like format 'pku_saferlhf'" in err
+    assert "--all-safe" not in err
+
+
 def test_hub_id_offline_fails_fast_with_a_plain_message(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(

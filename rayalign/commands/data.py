@@ -115,7 +115,8 @@ def _validate_status(summary: dict, *, strict: bool) -> int:
         print("rayalign data validate: no rows: the input holds no records", file=sys.stderr)
         return 1
     if not valid:
-        print(f"rayalign data validate: no valid rows ({rows} rejected){where}", file=sys.stderr)
+        hint = f"; {summary['hint']}" if summary.get("hint") else ""
+        print(f"rayalign data validate: no valid rows ({rows} rejected){where}{hint}", file=sys.stderr)
         return 1
     if strict and rejected:
         print(f"rayalign data validate: {rejected} of {rows} rows rejected (--strict){where}", file=sys.stderr)

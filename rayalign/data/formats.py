@@ -453,9 +453,23 @@ def resolve_format(
         raise UserError(f"{where}: unknown format {name!r}; known formats: {known_formats()}")
     # No columns at all (an empty file): nothing to check; reading it reports "no rows".
     if names and name in ("trl", "canonical") and not options.all_safe and _safety_columns(names) is None:
+        other = detected_other_than(name, names)
+        if other:
+            raise UserError(f"{where}: format {name} has no safety labels, but {other}")
         raise UserError(
             f"{where}: format {name} has no safety labels (columns chosen_safe/rejected_safe "
             "or is_chosen_safe/is_rejected_safe); set all_safe: true (CLI: --all-safe) to "
             "declare every response safe, as BFPO does for helpfulness data"
         )
     return FORMATS[name]
+
+
+def detected_other_than(name: str, columns: Iterable[str]) -> str | None:
+    """A hint when ``columns`` look like another known format than the one set, else None."""
+    try:
+        detected = detect_format(set(columns))
+    except UserError:
+        return None
+    if detected == name:
+        return None
+    return f"the columns look like format {detected!r} (what format auto picks): try --format {detected}"

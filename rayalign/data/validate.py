@@ -277,7 +277,8 @@ def validate_source(
 
     resolved = resolve_source(source)
     options = AdapterOptions.from_source(source)
-    fmt = resolve_source_format(source.format, file_columns(resolved), options, source.path)
+    columns = list(file_columns(resolved))
+    fmt = resolve_source_format(source.format, columns, options, source.path)
     summary = ValidationSummary()
     info = None
     if tokenizer is not None:
@@ -303,7 +304,7 @@ def validate_source(
             for row_id in valid["id"].to_pylist():
                 duplicates += row_id in seen
                 seen.add(row_id)
-    return {
+    result = {
         **summary.as_dict(),
         "duplicates": duplicates,
         "format": fmt.name,
@@ -311,3 +312,10 @@ def validate_source(
         "rejects_file": str(rejects_path),
         "tokenized": info is not None,
     }
+    if summary.rows and not summary.valid and source.format != "auto":  # a wrong --format?
+        from rayalign.data.formats import detected_other_than
+
+        hint = detected_other_than(fmt.name, next((c for _, c in columns if c), set()))
+        if hint:
+            result["hint"] = hint
+    return result

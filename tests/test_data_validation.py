@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -173,6 +174,10 @@ def test_validate_cli_prints_one_json_object(bad_file, tmp_path, capsys):
     assert pq.read_table(rejects).num_rows == 9
     assert main(["data", "validate", str(tmp_path / "missing.jsonl")]) == 2
     capsys.readouterr()
+    # --rejects that is a folder, not Parquet, or not writable: one line, exit 2, no traceback
+    for bad in (tmp_path, tmp_path / "rejects.csv", Path(bad_file) / "r.parquet"):
+        assert main(["data", "validate", str(bad_file), "--rejects", str(bad)]) == 2
+        assert f"{bad}: " in capsys.readouterr().err
     # an unquoted glob the shell expanded: one line saying to quote it
     assert main(["data", "validate", str(bad_file), str(bad_file)]) == 2
     assert "quote the glob so rayalign expands it" in capsys.readouterr().err

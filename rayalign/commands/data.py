@@ -75,6 +75,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_validate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from rayalign.config import DataSource
     from rayalign.data.validate import validate_source
     from rayalign.errors import UserError
@@ -98,8 +100,11 @@ def run_validate(args: argparse.Namespace) -> int:
         from rayalign.modeling.models import load_tokenizer
 
         tokenizer = load_tokenizer(ModelConfig(name_or_path=args.tokenizer))
+    rejects = Path(args.rejects).expanduser()
+    if rejects.is_dir() or rejects.suffix not in (".parquet", ".pq"):
+        raise UserError(f"--rejects {args.rejects}: name a Parquet file to write, e.g. outputs/data/rejects.parquet")
     summary = validate_source(
-        source, args.rejects, tokenizer=tokenizer, max_length=args.max_length,
+        source, rejects, tokenizer=tokenizer, max_length=args.max_length,
         max_prompt_length=args.max_prompt_length,
     )
     json.dump(summary, sys.stdout)

@@ -288,22 +288,35 @@ def validate_source(
     seen: set[str] = set()
     duplicates = 0
     rejects_path = Path(rejects_path)
-    with atomic_path(rejects_path) as tmp, pq.ParquetWriter(tmp, REJECTS_SCHEMA) as writer:
-        for raw in iter_source_batches(resolved, batch_size=batch_size):
-            staged = adapt_and_validate(raw, fmt, options, resolved.name)
-            rejects = rejected_rows(staged)
-            valid = valid_rows(staged)
-            if info is not None:
-                late, keep = tokenization_rejects(
-                    valid, tokenizer, info, max_length, max_prompt_length
-                )
-                rejects = pa.concat_tables([rejects, late])
-                valid = valid.filter(pa.array(keep))
-            summary.add(staged.num_rows, rejects)
-            writer.write_table(rejects)
-            for row_id in valid["id"].to_pylist():
-                duplicates += row_id in seen
-                seen.add(row_id)
+
+    def unwritable(exc: OSError) -> UserError:
+        return UserError(f"{rejects_path}: cannot write the rejects file there ({exc})")
+
+    try:
+        rejects_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise unwritable(exc) from exc
+    with atomic_path(rejects_path) as tmp:
+        try:
+            writer = pq.ParquetWriter(tmp, REJECTS_SCHEMA)
+        except OSError as exc:
+            raise unwritable(exc) from exc
+        with writer:
+            for raw in iter_source_batches(resolved, batch_size=batch_size):
+                staged = adapt_and_validate(raw, fmt, options, resolved.name)
+                rejects = rejected_rows(staged)
+                valid = valid_rows(staged)
+                if info is not None:
+                    late, keep = tokenization_rejects(
+                        valid, tokenizer, info, max_length, max_prompt_length
+                    )
+                    rejects = pa.concat_tables([rejects, late])
+                    valid = valid.filter(pa.array(keep))
+                summary.add(staged.num_rows, rejects)
+                writer.write_table(rejects)
+                for row_id in valid["id"].to_pylist():
+                    duplicates += row_id in seen
+                    seen.add(row_id)
     result = {
         **summary.as_dict(),
         "duplicates": duplicates,

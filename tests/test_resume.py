@@ -136,6 +136,25 @@ def test_check_resumable_refuses_before_any_worker_starts(tmp_path):
     check_resumable(cfg("train.num_workers=2", "train.batch_size=4"))  # the same workers
 
 
+def test_checkpoints_of_a_run_with_another_loss_or_data_are_refused_not_resumed(tmp_path):
+    """Found by a new user: re-running train.name with loss.name=dpo and other data resumed
+    the SafeDPO run's weights and data position (summary.json then mixed both runs)."""
+    from rayalign.train.trainer import output_dir_for, refuse_another_runs_checkpoints
+
+    def cfg(*overrides):
+        return load_config(None, [f"train.output_dir={tmp_path}", "train.name=run", *overrides])
+
+    first = cfg()
+    output_dir_for(first).mkdir(parents=True)
+    first.save(output_dir_for(first) / "config.yaml")
+    refuse_another_runs_checkpoints(cfg("loss.name=dpo"))  # no checkpoints yet: nothing to refuse
+    (output_dir_for(first) / "ray" / "run").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"'run' has checkpoints from a run with other data.seed, loss.name .*new train.name"):
+        refuse_another_runs_checkpoints(cfg("loss.name=dpo", "data.seed=3", "train.max_steps=9"))
+    refuse_another_runs_checkpoints(cfg("train.max_steps=9", "train.learning_rate=1e-4"))  # the same run, continued
+    refuse_another_runs_checkpoints(first)
+
+
 def test_the_resumed_checkpoint_is_the_one_ray_registered(tmp_path):
     """A killed run can leave a newer complete folder Ray Train never registered: the
     driver's check looks at the one Ray Train restores (its snapshot names it)."""

@@ -30,7 +30,10 @@ def run(args: argparse.Namespace) -> int:
     stages = stage_configs(cfg, source=str(args.config))
     from rayalign.console import log_to
     from rayalign.ray_session import data_need, init_ray, largest, local_cpus, training_need
-    from rayalign.train.trainer import output_dir_for, run_training
+    from rayalign.train.trainer import output_dir_for, refuse_another_runs_checkpoints, run_training
+
+    for stage in stages:
+        refuse_another_runs_checkpoints(stage)  # before Ray starts
 
     if len(stages) == 1:
         print(f"[rayalign] config {args.config} is valid; outputs go to {output_dir_for(cfg)}")

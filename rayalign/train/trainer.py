@@ -52,6 +52,37 @@ def checkpoints_from_other_settings(cfg: Config) -> tuple[Path, list[str]] | Non
     return (run_dir, changed) if changed and run_dir.is_dir() else None
 
 
+#: Fields that define what a run learns from and how (dotted prefixes): checkpoints written
+#: with other values belong to another run, and resuming them would carry its weights and
+#: data position into this one. Changing anything else (steps, learning rate, workers,
+#: logging) continues the run, with a warning.
+DEFINING_FIELDS = (
+    "model.name_or_path", "model.revision", "model.lora", "model.trainable_modules", "loss.",
+    "data.sources", "data.helpfulness_sources", "data.max_length", "data.max_prompt_length",
+    "data.eval_fraction", "data.dedup", "data.safedpo_transform", "data.seed", "data.shuffle",
+)
+
+
+def defining_changes(changed: list[str]) -> list[str]:
+    """The changed fields (``Config.changed_fields``) among :data:`DEFINING_FIELDS`."""
+    return [f for f in changed if any(f == d or f.startswith(d if d.endswith(".") else d + ".") for d in DEFINING_FIELDS)]
+
+
+def refuse_another_runs_checkpoints(cfg: Config) -> None:
+    """Raise :class:`UserError` when ``train.name`` holds checkpoints written with other
+    :data:`DEFINING_FIELDS` (another model, loss or data): cheap, so ``rayalign train``
+    calls it before Ray starts."""
+    stale = checkpoints_from_other_settings(cfg)
+    defining = defining_changes(stale[1]) if stale else []
+    if stale and defining:
+        raise UserError(
+            f"train.name {cfg.train.name!r} has checkpoints from a run with other "
+            f"{', '.join(defining)} ({stale[0]}); resuming would continue that run's weights and "
+            "data position with these settings. Use a new train.name, or delete that folder to "
+            "start over (to train on another run's result, list both in job.stages)"
+        )
+
+
 def storage_path_for(cfg: Config) -> str:
     """Ray Train storage: ``train.storage_path`` or ``<output dir>/ray`` locally."""
     if cfg.train.storage_path:
@@ -217,6 +248,8 @@ def run_training(
     out = output_dir_for(cfg)
     out.mkdir(parents=True, exist_ok=True)
     stale = checkpoints_from_other_settings(cfg)
+    if verbose:
+        refuse_another_runs_checkpoints(cfg)
     if stale and verbose:
         changed = ", ".join(stale[1][:6]) + (", ..." if len(stale[1]) > 6 else "")
         logger.warning(

@@ -398,6 +398,30 @@ class EvalConfig(Section):
                 raise ValueError(str(exc)) from None
         return value
 
+    @field_validator("judge", "refusal_judge")
+    @classmethod
+    def _known_judge(cls, value: str) -> str:
+        from rayalign.eval.judges import get_judge
+
+        try:
+            get_judge(value)
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _served_judge_has_a_model(self) -> EvalConfig:
+        """A judge run by a model needs one to run on: said with the config, before Ray starts."""
+        from rayalign.eval.judges import get_judge
+
+        served = [n for n in dict.fromkeys((self.judge, self.refusal_judge)) if get_judge(n).served]
+        if served and not (self.judge_url or self.judge_model):
+            raise ValueError(
+                f"judge {served[0]!r} is driven by a served model: set eval.judge_url or "
+                "eval.judge_model (CLI: --judge-url URL, or --judge-model PATH to serve one locally)"
+            )
+        return self
+
 
 class SweepConfig(Section):
     """A Ray Tune search over any config field, addressed by dotted path."""

@@ -229,3 +229,22 @@ def test_eval_command_fails_on_a_missing_benchmark_file_before_starting_ray(tmp_
     missing = tmp_path / "nope.jsonl"
     assert main(["eval", "--model", str(tmp_path), "--benchmarks", f"custom:{missing}"]) == 2
     assert f"benchmark 'custom': file not found: {missing}" in capsys.readouterr().err
+
+
+def test_eval_judge_mistakes_fail_before_ray_starts(tmp_path, monkeypatch, capsys):
+    """Found by a new user: --judge foo failed after Ray started (~15 s), and a served judge
+    with no model to run on after Ray and Serve had started (~25 s)."""
+    import rayalign.ray_session as ray_session
+    from rayalign.cli import main
+
+    def no_ray(**_):
+        raise AssertionError("Ray started before the judge settings were checked")
+
+    monkeypatch.setattr(ray_session, "init_ray", no_ray)
+    assert main(["eval", "--model", str(tmp_path), "--judge", "foo"]) == 2
+    assert "--judge 'foo': eval.judge: unknown judge 'foo'; choose one of refusal" in capsys.readouterr().err
+    assert main(["eval", "--model", str(tmp_path), "--judge", "harmbench"]) == 2
+    assert "eval: judge 'harmbench' is driven by a served model: set eval.judge_url" in capsys.readouterr().err
+    # with its endpoint the same flags pass the checks (and stop at the missing model folder)
+    assert main(["eval", "--model", str(tmp_path / "none"), "--judge", "harmbench", "--judge-url", "http://127.0.0.1:9/v1"]) == 2
+    assert "no such model folder" in capsys.readouterr().err

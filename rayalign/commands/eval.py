@@ -83,14 +83,16 @@ def _eval_config(args: argparse.Namespace):
 
     from rayalign.config import ConfigError, error_message
 
-    for key, value in updates.items():
-        if value is not None:
-            try:
-                setattr(cfg.eval, key, value)
-            except ValidationError as exc:  # e.g. --limit 0: the config file's short message
-                flag = "--" + key.replace("_", "-")
-                msg = error_message(exc.errors()[0])
-                raise ConfigError(f"{flag} {value!r}: eval.{key}: {msg}") from None
+    changes = {key: value for key, value in updates.items() if value is not None}
+    try:  # all at once: --judge harmbench is valid only together with --judge-url/--judge-model
+        cfg.eval = type(cfg.eval).model_validate({**cfg.eval.model_dump(), **changes})
+    except ValidationError as exc:  # e.g. --limit 0: the config file's short message
+        err = exc.errors()[0]
+        key = err["loc"][0] if err["loc"] else None
+        if key in changes:
+            flag = "--" + str(key).replace("_", "-")
+            raise ConfigError(f"{flag} {changes[key]!r}: eval.{key}: {error_message(err)}") from None
+        raise ConfigError(f"eval: {error_message(err)}") from None
     return cfg
 
 

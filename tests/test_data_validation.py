@@ -289,6 +289,13 @@ def test_validate_reports_the_issue_13_reasons(tmp_path, tiny_model_dir, capsys)
     assert json.loads(capsys.readouterr().out)["reasons"] == {
         "inconsistent_prompt": 1, "prompt_mismatch": 1
     }
+    # length flags: only with a tokenizer, and the config's bounds (found by a new user:
+    # ignored without one, and a prompt budget above the whole budget rejected every row)
+    assert main(["data", "validate", str(path), "--max-length", "8"]) == 2
+    assert "apply only with --tokenizer" in capsys.readouterr().err
+    assert main(["data", "validate", str(path), "--tokenizer", str(tiny_model_dir),
+                 "--max-length", "16", "--max-prompt-length", "64"]) == 2
+    assert "--max-prompt-length must be smaller than --max-length" in capsys.readouterr().err
 
 
 def test_config_and_job_spec_with_a_byte_order_mark(tmp_path):

@@ -58,8 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--strict", action="store_true",
         help="exit 1 when any row is rejected (for CI checks of a data set)",
     )
-    validate.add_argument("--max-length", type=int, default=512, help="with --tokenizer")
-    validate.add_argument("--max-prompt-length", type=int, default=256, help="with --tokenizer")
+    validate.add_argument("--max-length", type=int, default=None, help="with --tokenizer (default 512)")
+    validate.add_argument("--max-prompt-length", type=int, default=None, help="with --tokenizer (default 256)")
     validate.set_defaults(func=run_validate)
 
     prepare = verbs.add_parser(
@@ -94,8 +94,23 @@ def run_validate(args: argparse.Namespace) -> int:
         all_safe=args.all_safe,
         preference=args.preference,
     )
+    lengths = {k: v for k, v in (("max_length", args.max_length), ("max_prompt_length", args.max_prompt_length)) if v is not None}
+    if lengths and not args.tokenizer:
+        raise UserError("--max-length and --max-prompt-length apply only with --tokenizer (rows are tokenized then)")
     tokenizer = None
     if args.tokenizer:
+        from pydantic import ValidationError
+
+        from rayalign.config import DataConfig, error_message
+
+        try:  # the same bounds as a config's data section
+            limits = DataConfig(**lengths)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = f"{err['loc'][0]!s}: " if err["loc"] else ""
+            flags = f"{where}{error_message(err)}".replace("max_prompt_length", "--max-prompt-length")
+            raise UserError(flags.replace("max_length", "--max-length")) from None
+        args.max_length, args.max_prompt_length = limits.max_length, limits.max_prompt_length
         from rayalign.config import ModelConfig
         from rayalign.modeling.models import load_tokenizer
 

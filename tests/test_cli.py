@@ -38,6 +38,17 @@ def test_toy_writes_table_plot_and_json(tmp_path):
     assert {r["method"] for r in runs} == {"dpo", "ipo", "bfpo", "safedpo"}
 
 
+@pytest.mark.parametrize("args", [["--betas", "0.1,abc"], ["--betas=-1"], ["--seeds", "0"], ["--steps", "0"]])
+def test_toy_arguments_are_checked_by_the_parser(args, capsys):
+    """Found by a new user: these were tracebacks, or (--steps 0) a table of nothing learned."""
+    from rayalign.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["toy", *args])
+    assert info.value.code == 2
+    assert "rayalign toy: error: argument --" in capsys.readouterr().err
+
+
 def test_user_errors_are_one_line_and_exit_2(capsys, monkeypatch):
     from rayalign.errors import UserError
 

@@ -211,6 +211,17 @@ def test_loss_hyperparameters_the_loss_does_not_read_are_a_note(tmp_path: Path) 
     assert cfg_with(tmp_path, "model: {name_or_path: x}\n").loss.ignored_hyperparameters() == []
 
 
+def test_a_plan_with_fewer_pairs_than_one_batch_says_no_step_runs(tmp_path: Path) -> None:
+    """Found by a new user: it printed "steps/epoch: 0 ..., 20 steps in all"."""
+    from rayalign.jobs.plan import format_plan
+
+    cfg = cfg_with(tmp_path, "model: {name_or_path: x}\ntrain: {batch_size: 64, max_steps: 20}\n")
+    plan = build_plan(cfg, "train", MISTRAL, rows=(35, "given"))
+    text = format_plan(plan, cfg)
+    assert "steps/epoch:    0 " in text and "so no step can run" in text and "steps in all" not in text
+    assert "fewer pairs than one global batch: no optimizer step would run" in plan.warnings
+
+
 def test_command_is_explicit_or_inferred_from_sections(tmp_path: Path) -> None:
     assert job_command(cfg_with(tmp_path, "train: {epochs: 1}\n")) == "train"
     assert job_command(cfg_with(tmp_path, "sweep: {num_samples: 2}\n")) == "sweep"

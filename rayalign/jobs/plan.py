@@ -469,7 +469,7 @@ def format_plan(plan: Plan, cfg: Config) -> str:
             lines.append(
                 f"steps/epoch:    {plan.steps_per_epoch:,} (global batch {gb} pairs, "
                 f"{cfg.data.eval_fraction:.0%} held out, full batches only), "
-                f"{plan.total_steps:,} steps in all"
+                + (f"{plan.total_steps:,} steps in all" if plan.steps_per_epoch else "so no step can run")
             )
             if cfg.applies_safedpo_transform():
                 lines.append("                (an upper bound: the SafeDPO transform drops unsafe/unsafe pairs)")

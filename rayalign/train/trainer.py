@@ -265,10 +265,12 @@ def run_training(
     row_counts = {name: known.get(name) or ds.count() for name, ds in datasets.items() if name != "eval"}
     steps = steps_per_epoch(row_counts, cfg.train)
     if steps <= 0:
+        pairs = ", ".join(f"{n} {split}" for split, n in row_counts.items())
         raise UserError(
-            f"too few pairs ({row_counts}) for num_workers={cfg.train.num_workers} x "
-            f"batch_size={cfg.train.batch_size} x "
-            f"gradient_accumulation_steps={cfg.train.gradient_accumulation_steps}"
+            f"too few pairs ({pairs}) for one step of train.num_workers={cfg.train.num_workers} x "
+            f"train.batch_size={cfg.train.batch_size} x "
+            f"train.gradient_accumulation_steps={cfg.train.gradient_accumulation_steps}: lower "
+            "these or add data (`rayalign plan` shows the count before anything starts)"
         )
     total = total_steps(steps, cfg.train)
     if verbose:

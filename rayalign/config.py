@@ -142,6 +142,12 @@ class DataSource(Section):
     where: dict[str, str | int | float | bool] = Field(default_factory=dict)
     name: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _path_alone(cls, value: Any) -> Any:
+        """A source written as its path alone (``sources: [builtin:demo, pairs.jsonl]``)."""
+        return {"path": value} if isinstance(value, str) else value
+
 
 class DataConfig(Section):
     """Where pairs come from and how they are validated, transformed and tokenized."""
@@ -612,8 +618,32 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def error_message(err: dict[str, Any]) -> str:
-    """A pydantic error's message, without the "Value error, " our own validators get."""
-    return str(err["msg"]).removeprefix("Value error, ")
+    """A pydantic error's message, without the "Value error, " our own validators get, and
+    for an unknown key the closest field name (``train.learnin_rate`` → learning_rate)."""
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if err.get("type") == "extra_forbidden" and err.get("loc"):
+        import difflib
+
+        close = difflib.get_close_matches(str(err["loc"][-1]), _field_names(), n=1, cutoff=0.75)
+        if close:
+            message += f" (did you mean {close[0]!r}?)"
+    return message
+
+
+def _field_names(model: type[BaseModel] | None = None, seen: set[type] | None = None) -> set[str]:
+    """Every field name of ``Config`` and the sections and items nested in it."""
+    model, seen = model or Config, seen if seen is not None else set()
+    names: set[str] = set()
+    if model in seen:
+        return names
+    seen.add(model)
+    for name, info in model.model_fields.items():
+        names.add(name)
+        for arg in (info.annotation, *typing.get_args(info.annotation)):
+            for inner in (arg, *typing.get_args(arg)):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    names |= _field_names(inner, seen)
+    return names
 
 
 def config_from_mapping(

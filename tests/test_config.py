@@ -135,6 +135,16 @@ def test_a_key_repeated_in_one_mapping_is_an_error_not_silently_dropped(tmp_path
         load_config(job)  # every shipped spec still loads
 
 
+def test_a_misspelt_key_gets_the_closest_field_and_a_source_may_be_its_path_alone(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["train.learnin_rate=1e-4", "train.zzz=1"])
+    lines = str(info.value).splitlines()
+    assert "  train.learnin_rate: Extra inputs are not permitted (did you mean 'learning_rate'?) (from --set train.learnin_rate=1e-4)" in lines
+    assert "  train.zzz: Extra inputs are not permitted (from --set train.zzz=1)" in lines  # nothing close
+    cfg = load_config(None, ["data.sources=[builtin:demo, {path: b.jsonl, fraction: 0.5}]"])
+    assert [(s.path, s.fraction) for s in cfg.data.sources] == [("builtin:demo", 1.0), ("b.jsonl", 0.5)]
+
+
 def test_bfpo_b1_below_one_is_refused():
     """Found by a new user: ``loss.b1=0.5`` was accepted, making b3 = 1/(b1 - 1) negative,
     which ranks an unsafe-over-safe pair above a safe-over-unsafe one."""

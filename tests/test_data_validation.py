@@ -124,6 +124,12 @@ def test_an_unclosed_quote_in_csv_is_an_error_naming_its_line_not_one_swallowed_
     path.write_text('prompt,chosen,rejected,chosen_safe,rejected_safe\nHi,"Hello" there,No,true,true\n')
     with pytest.raises(UserError, match=r"line 2: malformed quoting"):
         validate_source(DataSource(path=str(path)), tmp_path / "r.parquet")
+    # a row with more cells than the header is a reject (which cell is which is a guess),
+    # not silently cut; an empty trailing cell (a trailing delimiter) is harmless
+    path.write_text('prompt,chosen,rejected,chosen_safe,rejected_safe\np,a,b,true,false,extra\nq,a,b,true,false,\n')
+    summary = validate_source(DataSource(path=str(path)), tmp_path / "r.parquet")
+    assert (summary["valid"], summary["reasons"]) == (1, {"unparseable_row": 1})
+    assert "extra" in pq.read_table(tmp_path / "r.parquet").to_pylist()[0]["original"]
     # quotes inside an unquoted cell and quoted cells over several lines stay valid
     path.write_text('prompt,chosen,rejected,chosen_safe,rejected_safe\nSay "hi",Hello,No,true,true\n"Two\nlines",a,b,true,true\n')
     assert validate_source(DataSource(path=str(path)), tmp_path / "r.parquet")["valid"] == 2

@@ -335,14 +335,22 @@ def _read_csv(data: bytes, shown: str, batch_size: int, delimiter: str) -> Itera
     """
     reader = csv.DictReader(io.StringIO(_decode(data), newline=""), delimiter=delimiter, strict=True)
     records: list[dict[str, Any] | None] = []
+    raw: list[str | None] = []
     line = 1  # where the record being read starts (1 = the header)
     try:
         if reader.fieldnames is None:
             raise UserError(f"{shown}: empty CSV file (no header row)")
         line = reader.line_num + 1
         for record in reader:
-            record.pop(None, None)  # extra cells beyond the header
-            records.append(record)
+            extra = record.pop(None, None)
+            # Cells beyond the header (empty ones, a trailing delimiter, are harmless): which
+            # cell belongs to which column is then a guess, so the row is not used.
+            if extra and any(str(cell).strip() for cell in extra):
+                records.append(None)
+                raw.append(json.dumps([*record.values(), *extra]))
+            else:
+                records.append(record)
+                raw.append(None)
             line = reader.line_num + 1
     except csv.Error as exc:
         where = "the header (line 1)" if line == 1 else f"the record starting on line {line}"
@@ -355,7 +363,7 @@ def _read_csv(data: bytes, shown: str, batch_size: int, delimiter: str) -> Itera
             f"{shown}: {where}: {problem}; close the quote, or write a quote inside a quoted "
             'field as two ("")'
         ) from exc
-    yield from _chunks(records, list(range(len(records))), [None] * len(records), shown, batch_size)
+    yield from _chunks(records, list(range(len(records))), raw, shown, batch_size)
 
 
 def _read_parquet(fs: pafs.FileSystem, path: str, shown: str, batch_size: int) -> Iterator[Batch]:

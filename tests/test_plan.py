@@ -261,6 +261,8 @@ def test_row_counts_from_files_table_and_unknown(tmp_path: Path) -> None:
     assert count_rows("PKU-Alignment/PKU-SafeRLHF-30K", "train")[0] == 26_874
     rows, why = count_rows("someone/dataset")
     assert rows is None and "not in the table" in why
+    rows, why = count_rows("../missing/a.jsonl")
+    assert rows is None and why == f"../missing/a.jsonl not found (relative paths are read from the current folder, {Path.cwd()})"
 
 
 def test_small_model_dims_dataclass_is_consistent() -> None:

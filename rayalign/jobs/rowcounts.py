@@ -77,5 +77,5 @@ def count_rows(path: str, split: str = "train") -> tuple[int | None, str]:
     if known is not None:
         return known, f"published size of {path} [{split}]"
     if path.startswith(("/", ".", "~")) or Path(path).suffix:
-        return None, f"{path} not found locally"
+        return None, f"{path} not found (relative paths are read from the current folder, {Path.cwd()})"
     return None, f"{path} [{split}] not in the table of known data sets"

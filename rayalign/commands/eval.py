@@ -130,6 +130,9 @@ def run_eval_command(args: argparse.Namespace) -> int:
         if started_here:
             from ray import serve
 
+            from rayalign.console import mute_ray
+
+            mute_ray()  # Serve's import-time console handler would log its shutdown lines
             serve.shutdown()
     from rayalign.eval.report import summary_lines
 

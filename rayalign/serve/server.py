@@ -67,6 +67,7 @@ def start_http(host: str = "127.0.0.1", port: int = 8000) -> tuple[str, int]:
     if client is not None:
         return client.http_config.host, int(client.http_config.port)
     port = port or free_port(_connect_host(host))
+    _mute()  # importing Serve added its console handler, which serve.start would log through
     serve.start(http_options={"host": host, "port": port})
     _mute()
     return host, port

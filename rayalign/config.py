@@ -668,7 +668,8 @@ def _override_of(loc: tuple[Any, ...], overrides: list[str]) -> str:
     dotted = ".".join(str(p) for p in loc)
     for text in reversed(overrides):
         key = text.partition("=")[0].strip()
-        if dotted == key or dotted.startswith(key + "."):
+        # the field itself, one inside the value set, or an unknown key the override creates
+        if dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + "."):
             return f" (from --set {text})"
     return ""
 

@@ -53,9 +53,24 @@ def read_text(path: str | Path, errors: str = "strict") -> str:
     return decode_text(Path(path).read_bytes(), errors)
 
 
-def csv_dict_rows(text: str, delimiter: str = ",") -> list[dict[str, str]]:
-    """CSV text (already decoded) as rows keyed by the header."""
-    return list(csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter))
+def csv_dict_rows(text: str, delimiter: str = ",", shown: str = "<text>") -> list[dict[str, str]]:
+    """CSV text (already decoded) as rows keyed by the header, read strictly: a quote never
+    closed or text after a closing quote, and a row with more non-empty cells than the
+    header, raise :class:`UserError` naming ``shown`` and the line (Python's lenient reader
+    would swallow the rest of the file into one cell, or drop the extra cells)."""
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    rows: list[dict[str, str]] = []
+    line = 1
+    try:
+        for row in reader:
+            extra = row.pop(None, None)  # type: ignore[call-overload]
+            if extra and any(str(cell).strip() for cell in extra):
+                raise UserError(f"{shown}: line {line + 1}: {len(extra)} more cell(s) than the header names")
+            rows.append(row)
+            line = reader.line_num
+    except csv.Error as exc:
+        raise UserError(f"{shown}: the record starting on line {line + 1}: malformed quoting ({exc})") from exc
+    return rows
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
@@ -83,7 +98,7 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     except UnicodeDecodeError as exc:
         raise UserError(f"{path}: not UTF-8 text ({exc})") from exc
     if suffix in (".csv", ".tsv"):
-        return csv_dict_rows(text, delimiter="\t" if suffix == ".tsv" else ",")
+        return csv_dict_rows(text, delimiter="\t" if suffix == ".tsv" else ",", shown=str(path))
     if text.lstrip().startswith("["):
         try:
             rows = json.loads(text)

@@ -116,6 +116,8 @@ def test_an_invalid_value_from_set_is_attributed_to_the_override_not_the_file(tm
     assert "  train.batch_size: Input should be greater than 0" in lines  # the file's own
     assert any(line.startswith("  train.learning_rate:") and line.endswith("(from --set train.learning_rate=-1)") for line in lines)
     assert any(line.startswith("  data.sources.0.pth:") and line.endswith("(from --set data.sources=[{pth: x}])") for line in lines)
+    with pytest.raises(ConfigError, match=r"  bogus: Extra inputs are not permitted \(from --set bogus.x=1\)"):
+        load_config(path, ["bogus.x=1"])
 
 
 def test_a_key_repeated_in_one_mapping_is_an_error_not_silently_dropped(tmp_path):

@@ -231,7 +231,7 @@ def test_eval_command_fails_on_a_missing_benchmark_file_before_starting_ray(tmp_
     assert f"benchmark 'custom': file not found: {missing}" in capsys.readouterr().err
 
 
-def test_eval_judge_mistakes_fail_before_ray_starts(tmp_path, monkeypatch, capsys):
+def test_eval_judge_mistakes_fail_before_ray_starts(tmp_path, tiny_model_dir, monkeypatch, capsys):
     """Found by a new user: --judge foo failed after Ray started (~15 s), and a served judge
     with no model to run on after Ray and Serve had started (~25 s)."""
     import rayalign.ray_session as ray_session
@@ -245,6 +245,26 @@ def test_eval_judge_mistakes_fail_before_ray_starts(tmp_path, monkeypatch, capsy
     assert "--judge 'foo': eval.judge: unknown judge 'foo'; choose one of refusal" in capsys.readouterr().err
     assert main(["eval", "--model", str(tmp_path), "--judge", "harmbench"]) == 2
     assert "eval: judge 'harmbench' is driven by a served model: set eval.judge_url" in capsys.readouterr().err
+    # a judge model folder that is not there, and a judge prompt file that is not there
+    assert main(["eval", "--model", str(tiny_model_dir), "--judge", "harmbench", "--judge-model", str(tmp_path / "nojudge")]) == 2
+    assert f"{tmp_path / 'nojudge'}: no such model folder" in capsys.readouterr().err
+    assert main(["eval", "--model", str(tmp_path), "--judge", "llm", "--judge-url", "http://127.0.0.1:9/v1",
+                 "--judge-prompt", str(tmp_path / "none.txt")]) == 2
+    assert "--judge-prompt" in capsys.readouterr().err
     # with its endpoint the same flags pass the checks (and stop at the missing model folder)
     assert main(["eval", "--model", str(tmp_path / "none"), "--judge", "harmbench", "--judge-url", "http://127.0.0.1:9/v1"]) == 2
     assert "no such model folder" in capsys.readouterr().err
+
+
+def test_benchmark_csv_files_are_read_strictly(tmp_path):
+    """Found by a new user: an unclosed quote made one prompt of the rest of the file, and
+    a row with extra cells lost them (or crashed when a cell was missing)."""
+    path = tmp_path / "b.csv"
+    path.write_text('prompt,kind\n"hello,benign\nbye,benign\n')
+    with pytest.raises(UserError, match=r"b.csv: the record starting on line 2: malformed quoting"):
+        load_benchmark(f"custom:{path}")
+    path.write_text("prompt,kind\n,benign,extra\n")
+    with pytest.raises(UserError, match=r"b.csv: line 2: 1 more cell\(s\) than the header names"):
+        load_benchmark(f"custom:{path}")
+    path.write_text("prompt,kind\na,benign\nb,harmful,\n")  # a trailing comma is harmless
+    assert [r["kind"] for r in load_benchmark(f"custom:{path}")] == ["benign", "harmful"]

@@ -83,7 +83,8 @@ def run_validate(args: argparse.Namespace) -> int:
 
     if len(args.path) > 1:
         raise UserError(
-            f"one source at a time, got {len(args.path)} paths ({args.path[0]}, {args.path[1]}, ...); "
+            f"one source at a time, got {len(args.path)} paths ({', '.join(args.path[:2])}"
+            f"{', ...' if len(args.path) > 2 else ''}); "
             "for several files quote the glob so rayalign expands it, not the shell: 'data/*.jsonl'"
         )
     source = DataSource(

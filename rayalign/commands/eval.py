@@ -63,16 +63,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     calibrate.set_defaults(func=run_calibrate)
 
 
+def _judge_prompt(path: str) -> str:
+    from rayalign.errors import UserError
+    from rayalign.textio import read_text
+
+    try:
+        return read_text(path)
+    except OSError as exc:
+        raise UserError(f"--judge-prompt {path}: cannot read ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise UserError(f"--judge-prompt {path}: not UTF-8 text ({exc})") from exc
+
+
 def _eval_config(args: argparse.Namespace):
 
     from rayalign.config import load_config
-    from rayalign.textio import read_text
 
     cfg = load_config(args.config, args.overrides)
     updates = {
         "judge": args.judge, "judge_url": args.judge_url, "judge_model": args.judge_model,
         "api_key": args.api_key,
-        "judge_prompt": read_text(args.judge_prompt) if args.judge_prompt else None,
+        "judge_prompt": _judge_prompt(args.judge_prompt) if args.judge_prompt else None,
     }
     for name in ("limit", "data_dir", "endpoint", "backend", "max_new_tokens", "temperature", "concurrency",
                  "ranker", "ranker_url", "output_dir"):
@@ -113,8 +124,9 @@ def run_eval_command(args: argparse.Namespace) -> int:
     if not cfg.eval.endpoint:
         from rayalign.modeling.models import resolve_model_path
 
-        for model in [*models, *([baseline] if baseline else [])]:
-            resolve_model_path(model.name_or_path)  # a missing folder fails before Ray starts
+        judge = [cfg.eval.judge_model] if cfg.eval.judge_model and not cfg.eval.judge_url else []
+        for name in [*(m.name_or_path for m in models), *([baseline.name_or_path] if baseline else []), *judge]:
+            resolve_model_path(name)  # a missing folder fails before Ray starts
         init_ray(need=eval_need(cfg.eval))
     out = Path(cfg.eval.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,7 @@ def _betas(text: str) -> tuple[float, ...]:
         betas = tuple(float(b) for b in text.split(","))
     except ValueError:
         betas = ()
-    if not betas or any(not b > 0 for b in betas):  # also refuses nan
+    if not betas or any(not 0 < b < float("inf") for b in betas):  # also refuses nan
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers > 0, e.g. 0.1,0.5, not {text!r}")
     return betas
 

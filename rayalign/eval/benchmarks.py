@@ -246,7 +246,8 @@ def load_custom(path: str | None = None, data_dir: str | None = None, name: str 
         prompt = r.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             what = ("is missing" if "prompt" not in r else "is empty" if prompt is None or isinstance(prompt, str)
-                    else f"must be text, not a {type(prompt).__name__} (a message list is not supported here)")
+                    else "must be text, not a list (a message list is not supported here)" if isinstance(prompt, list)
+                    else f"must be text, not {prompt!r}")
             raise UserError(f"{where}: field 'prompt' {what} (columns: {', '.join(r)})")
         kind = r.get("kind")
         if kind in (None, ""):

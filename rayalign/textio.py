@@ -53,23 +53,43 @@ def read_text(path: str | Path, errors: str = "strict") -> str:
     return decode_text(Path(path).read_bytes(), errors)
 
 
-def csv_dict_rows(text: str, delimiter: str = ",", shown: str = "<text>") -> list[dict[str, str]]:
-    """CSV text (already decoded) as rows keyed by the header, read strictly: a quote never
-    closed or text after a closing quote, and a row with more non-empty cells than the
-    header, raise :class:`UserError` naming ``shown`` and the line (Python's lenient reader
-    would swallow the rest of the file into one cell, or drop the extra cells)."""
+def csv_records(text: str, delimiter: str = ",", shown: str = "<text>"):
+    """``(line, row, extra)`` for each record of CSV text (already decoded), read strictly:
+    ``line`` is where the record starts, ``row`` is keyed by the header, ``extra`` holds the
+    non-empty cells beyond the header (empty ones, a trailing delimiter, are dropped). A quote
+    never closed, or text after a closing quote, raises :class:`UserError` naming ``shown``
+    and the line: Python's lenient reader would read an unclosed quote as one cell to the
+    end of the file. The one strict CSV reader (preference files, benchmarks, labels)."""
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
-    rows: list[dict[str, str]] = []
-    line = 1
+    line = 1  # where the record being read starts (1 = the header)
     try:
+        if reader.fieldnames is None:
+            return
+        line = reader.line_num + 1
         for row in reader:
-            extra = row.pop(None, None)  # type: ignore[call-overload]
-            if extra and any(str(cell).strip() for cell in extra):
-                raise UserError(f"{shown}: line {line + 1}: {len(extra)} more cell(s) than the header names")
-            rows.append(row)
-            line = reader.line_num
+            extra = [cell for cell in row.pop(None, None) or [] if str(cell).strip()]  # type: ignore[call-overload]
+            yield line, row, extra
+            line = reader.line_num + 1
     except csv.Error as exc:
-        raise UserError(f"{shown}: the record starting on line {line + 1}: malformed quoting ({exc})") from exc
+        where = "the header (line 1)" if line == 1 else f"the record starting on line {line}"
+        if "unexpected end of data" in str(exc):
+            problem = "a quoted field opened there is never closed, so the rest of the file would be one cell"
+        else:
+            problem = f"malformed quoting ({exc})"
+        raise UserError(
+            f"{shown}: {where}: {problem}; close the quote, or write a quote inside a quoted "
+            'field as two ("")'
+        ) from exc
+
+
+def csv_dict_rows(text: str, delimiter: str = ",", shown: str = "<text>") -> list[dict[str, str]]:
+    """CSV text as rows keyed by the header (:func:`csv_records`); a row with more non-empty
+    cells than the header raises :class:`UserError` naming the line."""
+    rows = []
+    for line, row, extra in csv_records(text, delimiter, shown):
+        if extra:
+            raise UserError(f"{shown}: line {line}: {len(extra)} more cell(s) than the header names")
+        rows.append(row)
     return rows
 
 

@@ -261,7 +261,7 @@ def test_benchmark_csv_files_are_read_strictly(tmp_path):
     a row with extra cells lost them (or crashed when a cell was missing)."""
     path = tmp_path / "b.csv"
     path.write_text('prompt,kind\n"hello,benign\nbye,benign\n')
-    with pytest.raises(UserError, match=r"b.csv: the record starting on line 2: malformed quoting"):
+    with pytest.raises(UserError, match=r"b.csv: the record starting on line 2: a quoted field opened there is never closed"):
         load_benchmark(f"custom:{path}")
     path.write_text("prompt,kind\n,benign,extra\n")
     with pytest.raises(UserError, match=r"b.csv: line 2: 1 more cell\(s\) than the header names"):

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from rayalign.config import DataSource
 from rayalign.data.schema import FILE_COL, ROW_COL, Batch
 from rayalign.errors import UserError
-from rayalign.textio import utf8_without_bom
+from rayalign.textio import csv_records, utf8_without_bom
 
 UNPARSEABLE_COL = "_unparseable"
 DATA_EXTENSIONS = (".jsonl", ".ndjson", ".json", ".parquet", ".pq", ".csv", ".tsv")
@@ -328,41 +328,17 @@ def _read_json_array(data: bytes, shown: str, batch_size: int) -> Iterator[Batch
 
 
 def _read_csv(data: bytes, shown: str, batch_size: int, delimiter: str) -> Iterator[Batch]:
-    """Records of a CSV/TSV file, read strictly: a broken quote is an error naming its line.
-
-    Python's lenient default reads an unclosed quote as one cell running to the end of
-    the file, so every later row would vanish into a single rejected record.
-    """
-    reader = csv.DictReader(io.StringIO(_decode(data), newline=""), delimiter=delimiter, strict=True)
+    """Records of a CSV/TSV file, read strictly (:func:`rayalign.textio.csv_records`). A row
+    with more non-empty cells than the header is an ``unparseable_row`` reject: which cell
+    belongs to which column would be a guess."""
+    text = _decode(data)
+    if not text.strip():
+        raise UserError(f"{shown}: empty CSV file (no header row)")
     records: list[dict[str, Any] | None] = []
     raw: list[str | None] = []
-    line = 1  # where the record being read starts (1 = the header)
-    try:
-        if reader.fieldnames is None:
-            raise UserError(f"{shown}: empty CSV file (no header row)")
-        line = reader.line_num + 1
-        for record in reader:
-            extra = record.pop(None, None)
-            # Cells beyond the header (empty ones, a trailing delimiter, are harmless): which
-            # cell belongs to which column is then a guess, so the row is not used.
-            if extra and any(str(cell).strip() for cell in extra):
-                records.append(None)
-                raw.append(json.dumps([*record.values(), *extra]))
-            else:
-                records.append(record)
-                raw.append(None)
-            line = reader.line_num + 1
-    except csv.Error as exc:
-        where = "the header (line 1)" if line == 1 else f"the record starting on line {line}"
-        if "unexpected end of data" in str(exc):
-            problem = ("a quoted field opened there is never closed, so the rest of the file "
-                       "would be one cell")
-        else:
-            problem = f"malformed quoting ({exc})"
-        raise UserError(
-            f"{shown}: {where}: {problem}; close the quote, or write a quote inside a quoted "
-            'field as two ("")'
-        ) from exc
+    for _, record, extra in csv_records(text, delimiter, shown):
+        records.append(None if extra else record)
+        raw.append(json.dumps([*record.values(), *extra]) if extra else None)
     yield from _chunks(records, list(range(len(records))), raw, shown, batch_size)
 
 

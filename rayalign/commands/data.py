@@ -95,6 +95,9 @@ def run_validate(args: argparse.Namespace) -> int:
         all_safe=args.all_safe,
         preference=args.preference,
     )
+    rejects = Path(args.rejects).expanduser()
+    if rejects.is_dir() or rejects.suffix not in (".parquet", ".pq"):
+        raise UserError(f"--rejects {args.rejects}: name a Parquet file to write, e.g. outputs/data/rejects.parquet")
     lengths = {k: v for k, v in (("max_length", args.max_length), ("max_prompt_length", args.max_prompt_length)) if v is not None}
     if lengths and not args.tokenizer:
         raise UserError("--max-length and --max-prompt-length apply only with --tokenizer (rows are tokenized then)")
@@ -116,9 +119,6 @@ def run_validate(args: argparse.Namespace) -> int:
         from rayalign.modeling.models import load_tokenizer
 
         tokenizer = load_tokenizer(ModelConfig(name_or_path=args.tokenizer))
-    rejects = Path(args.rejects).expanduser()
-    if rejects.is_dir() or rejects.suffix not in (".parquet", ".pq"):
-        raise UserError(f"--rejects {args.rejects}: name a Parquet file to write, e.g. outputs/data/rejects.parquet")
     summary = validate_source(
         source, rejects, tokenizer=tokenizer, max_length=args.max_length,
         max_prompt_length=args.max_prompt_length,

@@ -245,9 +245,14 @@ def load_custom(path: str | None = None, data_dir: str | None = None, name: str 
         where = f"{found}: row {i + 1}"
         prompt = r.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
-            what = ("is missing" if "prompt" not in r else "is empty" if prompt is None or isinstance(prompt, str)
-                    else "must be text, not a list (a message list is not supported here)" if isinstance(prompt, list)
-                    else f"must be text, not {prompt!r}")
+            if "prompt" not in r:
+                what = "is missing"
+            elif prompt is None or isinstance(prompt, str):
+                what = "is empty"
+            elif isinstance(prompt, list):
+                what = "must be text, not a list (a message list is not supported here)"
+            else:
+                what = f"must be text, not {prompt!r}"
             raise UserError(f"{where}: field 'prompt' {what} (columns: {', '.join(r)})")
         kind = r.get("kind")
         if kind in (None, ""):

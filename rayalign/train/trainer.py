@@ -57,22 +57,26 @@ def checkpoints_from_other_settings(cfg: Config) -> tuple[Path, list[str]] | Non
 #: data position into this one. Changing anything else (steps, learning rate, workers,
 #: logging) continues the run, with a warning.
 DEFINING_FIELDS = (
-    "model.name_or_path", "model.revision", "model.lora", "model.trainable_modules", "loss.",
+    "model.name_or_path", "model.revision", "model.lora", "model.trainable_modules", "loss",
     "data.sources", "data.helpfulness_sources", "data.max_length", "data.max_prompt_length",
     "data.eval_fraction", "data.dedup", "data.safedpo_transform", "data.seed", "data.shuffle",
 )
 
 
 def defining_changes(changed: list[str]) -> list[str]:
-    """The changed fields (``Config.changed_fields``) among :data:`DEFINING_FIELDS`."""
-    return [f for f in changed if any(f == d or f.startswith(d if d.endswith(".") else d + ".") for d in DEFINING_FIELDS)]
+    """The changed fields (``Config.changed_fields``) at or under :data:`DEFINING_FIELDS`."""
+    return [f for f in changed if any(f == d or f.startswith(d + ".") for d in DEFINING_FIELDS)]
 
 
 def refuse_another_runs_checkpoints(cfg: Config) -> None:
     """Raise :class:`UserError` when ``train.name`` holds checkpoints written with other
     :data:`DEFINING_FIELDS` (another model, loss or data): cheap, so ``rayalign train``
     calls it before Ray starts."""
-    stale = checkpoints_from_other_settings(cfg)
+    _refuse_stale(cfg, checkpoints_from_other_settings(cfg))
+
+
+def _refuse_stale(cfg: Config, stale: tuple[Path, list[str]] | None) -> None:
+    """:func:`refuse_another_runs_checkpoints` on ``checkpoints_from_other_settings(cfg)``."""
     defining = defining_changes(stale[1]) if stale else []
     if stale and defining:
         raise UserError(
@@ -249,7 +253,7 @@ def run_training(
     out.mkdir(parents=True, exist_ok=True)
     stale = checkpoints_from_other_settings(cfg)
     if verbose:
-        refuse_another_runs_checkpoints(cfg)
+        _refuse_stale(cfg, stale)
     if stale and verbose:
         changed = ", ".join(stale[1][:6]) + (", ..." if len(stale[1]) > 6 else "")
         logger.warning(

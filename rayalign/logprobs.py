@@ -257,6 +257,19 @@ PAIR_ATTENTION = "rayalign_pair_sdpa"
 PAIR_ATTENTION_NO_MASK = "rayalign_pair_sdpa_nomask"
 
 
+def _row_pieces(tensors: tuple[Tensor, ...], sizes_by_row: list[list[int]]):
+    """Per row, each of ``tensors`` (``[R, heads, L, d]``) split along L into ``sizes``.
+
+    ``split`` rather than slicing: autograd's backward of a split is one ``cat`` of the
+    pieces' gradients, where each slice's backward writes into its own zero-filled
+    full-size tensor and those are summed (measured ~3x slower for one layer's attention
+    forward + backward on four demo pairs in one row).
+    """
+    by_row = [t.split(1, dim=0) if t.shape[0] > 1 else (t,) for t in tensors]
+    for r, sizes in enumerate(sizes_by_row):
+        yield tuple(rows[r].split(sizes, dim=2) for rows in by_row)
+
+
 def _pair_blocks(query: Tensor, key: Tensor, value: Tensor, layout, dropout: float,
                  scaling: float | None) -> Tensor:
     """Attention over a packed batch ``[R, heads, L, d]`` pair by pair, without a row mask.
@@ -265,23 +278,24 @@ def _pair_blocks(query: Tensor, key: Tensor, value: Tensor, layout, dropout: flo
     ``is_causal``); rejected queries attend to the prompt and to rejected keys (a small
     ``[n, p + n]`` lower-right causal mask). Cost ``~(p + c)^2 / 2 + n (p + n)`` per pair
     instead of ``L^2`` over the row. Same numbers as SDPA with the dense packed mask.
+    The pairs (and a padding tail, ``n = 0``) tile each row, so the pieces are a split.
     """
     sdpa = F.scaled_dot_product_attention
+    sizes = [[size for _, p, c, n in pairs for size in ((p + c, n) if n else (p + c,))]
+             for pairs in layout]
     rows = []
-    for r, pairs in enumerate(layout):
-        q, k, v = query[r : r + 1], key[r : r + 1], value[r : r + 1]
-        pieces = []
-        for start, p, c, n in pairs:
-            head = slice(start, start + p + c)
-            pieces.append(sdpa(q[:, :, head], k[:, :, head], v[:, :, head], dropout_p=dropout,
-                               scale=scaling, is_causal=True))
+    for pairs, (qs, ks, vs) in zip(layout, _row_pieces((query, key, value), sizes), strict=True):
+        pieces, i = [], 0
+        for _, p, _, n in pairs:
+            pieces.append(sdpa(qs[i], ks[i], vs[i], dropout_p=dropout, scale=scaling,
+                               is_causal=True))
             if n:
-                tail = slice(start + p + c, start + p + c + n)
-                keys = torch.cat([k[:, :, start : start + p], k[:, :, tail]], dim=2)
-                values = torch.cat([v[:, :, start : start + p], v[:, :, tail]], dim=2)
-                mask = torch.ones(n, p + n, dtype=torch.bool, device=q.device).tril(p)
-                pieces.append(sdpa(q[:, :, tail], keys, values, attn_mask=mask,
+                keys = torch.cat([ks[i][:, :, :p], ks[i + 1]], dim=2)
+                values = torch.cat([vs[i][:, :, :p], vs[i + 1]], dim=2)
+                mask = torch.ones(n, p + n, dtype=torch.bool, device=query.device).tril(p)
+                pieces.append(sdpa(qs[i + 1], keys, values, attn_mask=mask,
                                    dropout_p=dropout, scale=scaling))
+            i += 2 if n else 1
         rows.append(torch.cat(pieces, dim=2) if len(pieces) > 1 else pieces[0])
     return torch.cat(rows, dim=0) if len(rows) > 1 else rows[0]
 
@@ -314,16 +328,15 @@ def pair_segment_sdpa(module, query, key, value, attention_mask, dropout=0.0, sc
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     if not sliding:
         return _pair_blocks(query, key, value, layout, dropout, scaling).transpose(1, 2).contiguous(), None
+    sizes = [[p + c + n for _, p, c, n in pairs] for pairs in layout]
     rows = []
-    for r, pairs in enumerate(layout):
+    for r, (pairs, (qs, ks, vs)) in enumerate(zip(layout, _row_pieces((query, key, value), sizes), strict=True)):
         rows.append(torch.cat([
             F.scaled_dot_product_attention(
-                query[r : r + 1, :, s : s + p + c + n], key[r : r + 1, :, s : s + p + c + n],
-                value[r : r + 1, :, s : s + p + c + n],
-                attn_mask=attention_mask[r : r + 1, :, s : s + p + c + n, s : s + p + c + n],
+                q, k, v, attn_mask=attention_mask[r : r + 1, :, s : s + p + c + n, s : s + p + c + n],
                 dropout_p=dropout, scale=scaling,
             )
-            for s, p, c, n in pairs
+            for q, k, v, (s, p, c, n) in zip(qs, ks, vs, pairs, strict=True)
         ], dim=2))
     return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
 
